@@ -1,0 +1,134 @@
+"""The ``distill`` command line: demo, run, validate, eval."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn a large teacher into a small, fast student.")
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_CACHE = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """The exceptions that mean 'your input is wrong' (one clear message, exit 2)."""
+    from distill.artifacts import ArtifactError
+    from distill.recipe import RecipeError
+    from distill.registry import UnknownNameError
+
+    return (RecipeError, ArtifactError, UnknownNameError, FileNotFoundError, ValueError)
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+    from distill.report.markdown import metrics_rows
+
+    headers, cells = metrics_rows(rows)
+    table = Table(title=title, title_justify="left")
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="run folder (replaced)"),
+    cache_dir: Path = typer.Option(DEFAULT_CACHE, help="where the trained teacher is kept for reuse"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Distil a CNN teacher into a >10x smaller MLP on scikit-learn's digits and compare."""
+    from distill.demo import run_demo
+
+    results = run_demo(out, cache_dir, progress=progress, console=console)
+    console.print(metrics_table("distill demo: digits, test split", list(results.items())))
+    console.print(f"Report: {out / 'report.md'}")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=3"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run folder's latest checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Train the student a recipe describes, evaluate it, write the run folder."""
+    from distill.recipe import load_recipe
+    from distill.runner import run_recipe
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+        result = run_recipe(loaded, resume=resume, overwrite=overwrite, progress=progress)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
+    console.print(f"Run folder: {result.run_dir}")
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
+) -> None:
+    """Check a recipe (schema, names, files) and print it resolved, without running it."""
+    from distill.recipe import check_files, load_recipe
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+        check_files(loaded)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    console.print(loaded.to_yaml(), highlight=False, markup=False)
+    console.print(f"[green]ok[/]: {recipe} is valid")
+
+
+@app.command("eval")
+def eval_(
+    model: Path = typer.Argument(..., help="a distill model file (.safetensors)"),
+    data: str = typer.Option("digits", help="dataset name"),
+    root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),
+    teacher: Optional[Path] = typer.Option(None, help="teacher model file, for agreement and KL"),
+    split: str = typer.Option("test", help="split to evaluate on"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
+) -> None:
+    """Accuracy, agreement and KL with a teacher, ECE, parameters, bytes, latency."""
+    from distill.artifacts import load_model
+    from distill.data import build_dataset
+    from distill.evaluation import evaluate, predict
+
+    try:
+        student, _ = load_model(model)
+        dataset = build_dataset(data, split, root=root)
+        teacher_logits = predict(load_model(teacher)[0], dataset.inputs) if teacher is not None else None
+        rows = []
+        if teacher is not None:
+            rows.append((f"teacher ({teacher.name})", evaluate(load_model(teacher)[0], dataset.inputs, dataset.targets, file=teacher)))
+        metrics = evaluate(student, dataset.inputs, dataset.targets, teacher_logits=teacher_logits, file=model)
+        rows.append((model.name, metrics))
+    except _user_errors() as exc:
+        _fail(str(exc))
+    console.print(metrics_table(f"{data} {split} split", rows))
+    if json_out is not None:
+        json_out.write_text(json.dumps(dict(rows), indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Batching an in-memory data set by tensor indexing: no workers, no per-sample Python.
+
+Everything random is a pure function of (seed, epoch[, batch]), so a run resumed at
+(epoch, batch) sees exactly the batches the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from .datasets import ArrayDataset
+
+Batch = dict[str, Tensor]  # {"input": (B, C, H, W) float32, "target": (B,) int64, "index": (B,) int64}
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the integers ``parts`` (blake2b of their text)."""
+    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class InMemoryLoader:
+    """Batches of an ``ArrayDataset``: ``{"input", "target", "index"}`` dicts, ``len()`` per epoch.
+
+    Epoch ``e`` visits the samples in ``permutation(e)`` (a ``torch.randperm`` seeded by
+    ``derive_seed(seed, e)``; identity order when ``shuffle=False``). ``augment(inputs,
+    generator)`` runs on each batch with a generator seeded by ``derive_seed(seed, e, b)``.
+    Resume with ``epoch_batches(e, start=b)``; plain iteration walks epochs 0, 1, 2, ...
+    """
+
+    def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0, augment: Augment | None = None) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if drop_last and batch_size > len(dataset):
+            raise ValueError(f"drop_last with batch_size {batch_size} > {len(dataset)} samples "
+                             f"in {dataset.name}/{dataset.split} leaves no batch")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.augment = augment
+        self.epoch = 0  # the epoch the next plain iteration walks
+
+    def __len__(self) -> int:
+        size = len(self.dataset)
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+    def __repr__(self) -> str:
+        return (f"InMemoryLoader({self.dataset.name}/{self.dataset.split}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed}, augment={self.augment!r})")
+
+    def permutation(self, epoch: int) -> Tensor:
+        """Sample ids in epoch ``epoch``'s order: (N,) int64."""
+        size = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(size)
+        return torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Batches ``start``, ``start + 1``, ... of epoch ``epoch``; identical to the tail of a full epoch."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}] (batches per epoch), got {start}")
+        return self._batches(self.permutation(epoch), epoch, start)
+
+    def _batches(self, order: Tensor, epoch: int, start: int) -> Iterator[Batch]:
+        dataset, size = self.dataset, self.batch_size
+        for b in range(start, len(self)):
+            ids = order[b * size:(b + 1) * size]
+            inputs = dataset.inputs[ids]
+            if self.augment is not None:
+                inputs = self.augment(inputs, torch.Generator().manual_seed(derive_seed(self.seed, epoch, b)))
+            yield {"input": inputs, "target": dataset.targets[ids], "index": ids}
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.epoch_batches(epoch)
+
+
+def iterate_batches(dataset: ArrayDataset, batch_size: int) -> Iterator[Batch]:
+    """Every sample once, in order, no augmentation (the last batch may be short): for evaluation."""
+    return InMemoryLoader(dataset, batch_size, shuffle=False).epoch_batches(0)

@@ -1,0 +1,93 @@
+"""The Distiller: a student, a managed teacher, and weighted loss terms.
+
+``Distiller(student, teacher, terms)(batch)`` returns ``{"loss": total, "<term>": value, ...}``.
+
+The teacher is managed: put in ``eval()`` mode, its parameters frozen, its forward run
+under ``torch.inference_mode()``, and it is *not* a submodule of anything the optimiser or
+DDP sees (the Distiller is a plain object, not an ``nn.Module``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from distill.losses import LOGIT_LOSSES, LOSS_NEEDS
+from distill.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+for _name, _fn in LOGIT_LOSSES.items():
+    LOSSES.register(_name, _fn)
+
+
+@dataclass
+class LossTerm:
+    """``weight * loss(student_logits, teacher_logits, target, temperature=..., **params)``."""
+
+    name: str
+    weight: float = 1.0
+    temperature: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.fn: Callable = LOSSES.get(self.name)
+        self.needs = LOSS_NEEDS.get(self.name, frozenset({"teacher"}))
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Eval mode and no gradients, in place; returns the teacher."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+class Distiller:
+    """Computes the weighted distillation objective for one batch.
+
+    Args:
+        student: the model being trained; maps ``batch["input"]`` (B, ...) to logits (B, K).
+        teacher: a frozen model with the same output shape, or None (student-only training).
+        terms: the weighted loss terms; terms that need a teacher require one.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, terms: list[LossTerm]) -> None:
+        self.student = student
+        self.teacher = freeze_teacher(teacher) if teacher is not None else None
+        self.terms = terms
+        if not terms:
+            raise ValueError("Distiller needs at least one loss term")
+        needy = [term.name for term in terms if "teacher" in term.needs]
+        if needy and teacher is None:
+            raise ValueError(f"loss terms {needy} need a teacher, but none was given")
+        keys = [term.key for term in terms]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"each loss may appear once; got {keys}")
+        self.needs_teacher = bool(needy)
+
+    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher forward in inference mode: (B, ...) -> (B, K), no autograd history."""
+        assert self.teacher is not None
+        if self.teacher.training:  # someone called .train() on it: refuse to train with dropout on
+            self.teacher.eval()
+        with torch.inference_mode():
+            logits = self.teacher(inputs)
+        return logits.clone()  # a normal tensor, usable next to autograd tensors
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs, target = batch["input"], batch.get("target")
+        student_logits = self.student(inputs)
+        teacher_logits = self.teacher_logits(inputs) if self.needs_teacher else None
+        out: dict[str, torch.Tensor] = {}
+        total = student_logits.new_zeros((), dtype=torch.float32)
+        for term in self.terms:
+            value = term.fn(student_logits, teacher_logits, target, temperature=term.temperature, **term.params)
+            out[term.key] = value.detach()
+            total = total + term.weight * value
+        out["loss"] = total
+        return out

@@ -1,0 +1,313 @@
+"""The recipe: one validated tree that says what to distil, into what, on which data, how.
+
+A recipe is YAML (or a dict) checked by pydantic; unknown keys are refused with the
+closest valid name, names of models / datasets / losses are checked against the
+registries, and files that must exist are checked before any work starts.
+
+``key=value`` overrides address the tree by dotted path (``train.epochs=3``,
+``losses.0.weight=0.5``); values are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.registry import UnknownNameError, closest
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the field and what would be right."""
+
+
+def _lookup(registry, name: str) -> None:
+    """Registry lookup whose error pydantic reports at the field (it catches ValueError)."""
+    try:
+        registry.get(name)
+    except UnknownNameError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """A model: a registered name (or ``package.module:callable``) with its parameters,
+    and/or a checkpoint (``.safetensors`` written by distill, which records its model)."""
+
+    model: Optional[str] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _model_or_checkpoint(self) -> "ModelSpec":
+        if self.model is None and self.checkpoint is None:
+            raise ValueError("give 'model' (a registered name or 'package.module:callable') or 'checkpoint'")
+        return self
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: Optional[str]) -> Optional[str]:
+        if name is not None and ":" not in name:
+            from distill.models import MODELS
+
+            _lookup(MODELS, name)
+        return name
+
+
+class AugmentSpec(_Strict):
+    name: Literal["shift", "crop_flip"]
+    max_shift: int = 2
+    padding: int = 4
+    flip: bool = True
+
+
+class DataSpec(_Strict):
+    name: str = "digits"
+    root: Optional[str] = None
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    train_subset: Optional[int] = Field(None, ge=1, description="use this many training samples")
+    augment: Optional[AugmentSpec] = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if ":" not in name:
+            from distill.data import DATASETS
+
+            _lookup(DATASETS, name)
+        return name
+
+
+class LossSpec(_Strict):
+    """One weighted loss term. Extra parameters (``beta``, ``alpha`` ...) go to the loss."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str
+    weight: float = 1.0
+    temperature: float = Field(1.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        from distill.losses import LOGIT_LOSSES
+
+        if name not in LOGIT_LOSSES:
+            hint = closest(name, list(LOGIT_LOSSES))
+            raise ValueError(
+                f"unknown loss {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                + f" Valid losses: {', '.join(sorted(LOGIT_LOSSES))}"
+            )
+        return name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["constant", "cosine", "linear", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(1000, ge=1, description="step schedule: optimiser steps between decays")
+    gamma: float = Field(0.1, gt=0, description="step schedule: decay factor")
+    final_lr_fraction: float = Field(0.0, ge=0, le=1, description="cosine/linear: final lr / lr")
+
+
+class TrainSpec(_Strict):
+    epochs: Optional[int] = Field(None, ge=1)
+    steps: Optional[int] = Field(None, ge=1, description="optimiser steps; overrides epochs")
+    grad_accum: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_grad_norm: Optional[float] = Field(None, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="optimiser steps between checkpoints; 0 = end only")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    eval_every_epoch: bool = True
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores, recorded)")
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainSpec":
+        if self.epochs is None and self.steps is None:
+            self.epochs = 1
+        return self
+
+
+class Recipe(_Strict):
+    """The whole recipe. ``teacher: null`` trains the student on its losses alone."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    data: DataSpec = Field(default_factory=DataSpec)
+    teacher: Optional[ModelSpec] = None
+    student: ModelSpec
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="cross_entropy")])
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @model_validator(mode="after")
+    def _losses_fit_teacher(self) -> "Recipe":
+        from distill.losses import LOSS_NEEDS
+
+        if not self.losses:
+            raise ValueError("'losses' is empty: give at least one term, e.g. [{name: cross_entropy}]")
+        if self.teacher is None:
+            needy = [term.name for term in self.losses if "teacher" in LOSS_NEEDS[term.name]]
+            if needy:
+                raise ValueError(f"losses {needy} need a teacher but 'teacher' is not set")
+        return self
+
+    # -- helpers -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """Short hash of the resolved recipe (stable across key order)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# -- loading, overrides, error messages ------------------------------------------------
+
+def _fields_at(loc: tuple, model: type[BaseModel] = Recipe) -> list[str]:
+    """Valid field names of the (sub)model addressed by ``loc`` (for typo hints)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        current = None
+        for candidate in _candidates(annotation):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+    return list(getattr(current, "model_fields", {})) if current is not None else []
+
+
+def _candidates(annotation: Any) -> list[Any]:
+    args = getattr(annotation, "__args__", None)
+    if not args:
+        return [annotation]
+    out = []
+    for arg in args:
+        out.extend(_candidates(arg))
+    return out
+
+
+def format_validation_error(error: ValidationError, source: str = "recipe") -> str:
+    """One readable line per problem: ``source: field a.b: what is wrong (what is right)``."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            hint = closest(str(loc[-1]), valid)
+            message = "unknown key" + (f"; did you mean {hint!r}?" if hint else "")
+            if valid:
+                message += f" Valid keys here: {', '.join(valid)}"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in item and item["type"] not in {"value_error", "assertion_error"}:
+            message += f" (got {item['input']!r})"
+        lines.append(f"{source}: field '{where}': {message}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.0.c=value`` -> (["a", "b", "0", "c"], parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {text!r} is not of the form key=value (e.g. train.epochs=3)")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with each ``key=value`` set (lists indexed by number)."""
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = tree
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(
+                        f"override {text!r}: '{'.'.join(path[:depth + 1])}' needs an index below {len(node)}"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+    return tree
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe from a YAML file or a dict; raise RecipeError if bad."""
+    name = "recipe"
+    if isinstance(source, dict):
+        tree = source
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of keys (name, data, student, ...), got {type(tree).__name__}")
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, name)) from None
+    except UnknownNameError as exc:  # raised inside validators that look up registries
+        raise RecipeError(f"{name}: {exc}") from None
+
+
+def check_files(recipe: Recipe, base: Path | None = None) -> None:
+    """Refuse a recipe whose files are missing, naming the field and the path."""
+    problems = []
+    for role in ("teacher", "student"):
+        spec: ModelSpec | None = getattr(recipe, role)
+        if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
+            problems.append(f"field '{role}.checkpoint': file {spec.checkpoint} does not exist")
+    if recipe.data.root is not None and not Path(recipe.data.root).exists():
+        problems.append(f"field 'data.root': folder {recipe.data.root} does not exist")
+    if problems:
+        raise RecipeError("\n".join(problems))

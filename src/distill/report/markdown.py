@@ -1,0 +1,113 @@
+"""Markdown run reports, with a training-curve plot when matplotlib is installed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from distill.artifacts import atomic_write
+
+# (key, header, format) for the model comparison tables
+COLUMNS: list[tuple[str, str, str]] = [
+    ("accuracy", "accuracy", "{:.2%}"),
+    ("agreement", "agreement w/ teacher", "{:.2%}"),
+    ("kl_to_teacher", "KL to teacher", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("parameters", "parameters", "{:,}"),
+    ("file_bytes", "size on disk", "{}"),
+    ("latency_b1_ms", "latency b=1 (ms/sample)", "{:.4f}"),
+    ("latency_b64_ms", "latency b=64 (ms/sample)", "{:.5f}"),
+]
+
+
+def human_bytes(num: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return str(num)
+
+
+def format_value(key: str, value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if key.endswith("bytes"):
+        return human_bytes(value)
+    return fmt.format(value)
+
+
+def metrics_rows(rows: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells for named metric dicts (columns present in any row)."""
+    columns = [c for c in COLUMNS if any(c[0] in m for _, m in rows)]
+    headers = ["model"] + [header for _, header, _ in columns]
+    cells = [[name] + [format_value(key, metrics.get(key), fmt) for key, _, fmt in columns] for name, metrics in rows]
+    return headers, cells
+
+
+def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def plot_curves(metrics_files: dict[str, Path], out: Path) -> Path | None:
+    """Training loss and test accuracy per run, as one PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, path in metrics_files.items():
+        if not Path(path).is_file():
+            continue
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        train = [r for r in records if r.get("split") == "train"]
+        test = [r for r in records if r.get("split") == "test"]
+        if train:
+            ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
+        if test:
+            ax_acc.plot([r["step"] for r in test], [r["accuracy"] for r in test], marker="o", label=name)
+    ax_loss.set(xlabel="optimiser step", ylabel="training objective", title="training loss", yscale="log")
+    ax_acc.set(xlabel="optimiser step", ylabel="test accuracy", title="test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
+    """``report.md`` of one run: what ran, the numbers, the curve."""
+    run_dir = Path(run_dir)
+    plot = plot_curves({recipe.name: run_dir / "metrics.jsonl"}, run_dir / "curves.png")
+    headers, cells = metrics_rows([(recipe.name, metrics)])
+    losses = ", ".join(f"{t.weight} x {t.name}" + (f" (T={t.temperature})" if t.temperature != 1 else "") for t in recipe.losses)
+    teacher = "none" if recipe.teacher is None else (recipe.teacher.model or "") + f" from {recipe.teacher.checkpoint}"
+    student = recipe.student.model or recipe.student.checkpoint
+    text = [
+        f"# Run `{recipe.name}`",
+        "",
+        f"- data: {recipe.data.name} (batch {recipe.data.batch_size})",
+        f"- teacher: {teacher}",
+        f"- student: {student} {recipe.student.params or ''}",
+        f"- objective: {losses}",
+        f"- trained {metrics.get('train_steps')} steps in {metrics.get('train_seconds', 0):.1f} s on "
+        f"{metrics.get('threads')} thread(s); seed {recipe.seed}",
+        "",
+        "## Test split",
+        "",
+        markdown_table(headers, cells),
+        "",
+    ]
+    if plot is not None:
+        text += [f"![training curves]({plot.name})", ""]
+    text += ["Resolved recipe: `recipe.yaml`; per-step metrics: `metrics.jsonl`; weights: `model.safetensors`.", ""]
+    path = run_dir / "report.md"
+    atomic_write(path, lambda p: Path(p).write_text("\n".join(text)))
+    return path

@@ -1,0 +1,184 @@
+"""Run a recipe end to end: data, models, objective, training, evaluation, report.
+
+``run_recipe(recipe)`` is what ``distill run`` calls. A run folder holds::
+
+    recipe.yaml         the resolved recipe (after overrides and defaults)
+    metrics.jsonl       training and per-epoch test metrics
+    checkpoints/        resumable training checkpoints (safetensors + weights-only state)
+    model.safetensors   the final student, with the spec that rebuilds it
+    eval.json           final evaluation on the test split
+    report.md           a short human-readable report
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from distill.artifacts import atomic_write, load_weights, read_spec, save_model
+from distill.data import build_dataset
+from distill.data.augment import RandomCropFlip, RandomShift
+from distill.data.loader import InMemoryLoader
+from distill.distiller import Distiller, LossTerm
+from distill.evaluation import evaluate, predict
+from distill.models import build_model
+from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_files
+from distill.training.loop import TrainState, train
+from distill.training.optim import build_optimizer, build_scheduler
+
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_path: Path
+    metrics: dict[str, Any]
+    state: TrainState
+    train_seconds: float
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (default: all cores) and return it."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def build_from_spec(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, role: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a recipe names (loading its checkpoint if given); returns (model, rebuild spec)."""
+    if spec.model is not None:
+        rebuild = {"model": spec.model, "params": spec.params, "input_shape": list(input_shape), "num_classes": num_classes}
+    else:
+        rebuild = read_spec(spec.checkpoint)
+        rebuild = {**rebuild, "params": {**rebuild.get("params", {}), **spec.params}}
+    if tuple(rebuild["input_shape"]) != tuple(input_shape) or rebuild["num_classes"] != num_classes:
+        raise RecipeError(
+            f"field '{role}.checkpoint': {spec.checkpoint} was made for inputs {tuple(rebuild['input_shape'])} and "
+            f"{rebuild['num_classes']} classes, but the data has {tuple(input_shape)} and {num_classes}"
+        )
+    try:
+        model = build_model(rebuild["model"], input_shape=tuple(input_shape), num_classes=num_classes, **rebuild["params"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RecipeError(f"field '{role}': {exc}") from None
+    if spec.checkpoint is not None:
+        load_weights(model, spec.checkpoint)
+    return model, rebuild
+
+
+def build_augment(spec: AugmentSpec | None):
+    if spec is None:
+        return None
+    if spec.name == "shift":
+        return RandomShift(spec.max_shift)
+    return RandomCropFlip(padding=spec.padding, flip=spec.flip)
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(recipe.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise RecipeError(
+            f"field 'output_dir': {run_dir} already holds a run; pass --resume to continue it, "
+            f"--overwrite to replace it, or set output_dir=... to another folder"
+        )
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: Callable[[TrainState], None] | None = None,
+    measure_latency: bool = True,
+) -> RunResult:
+    """Train the student a recipe describes and evaluate it; see the module docstring."""
+    import time
+
+    check_files(recipe)
+    threads = set_threads(recipe.train.threads)
+    run_dir = prepare_run_dir(recipe, resume, overwrite)
+    atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
+
+    accelerator = Accelerator(
+        mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum
+    )
+    set_seed(recipe.seed)
+    data = recipe.data
+    train_set = build_dataset(data.name, "train", root=data.root)
+    test_set = build_dataset(data.name, "test", root=data.root)
+    if data.train_subset is not None:
+        train_set = train_set.subset(data.train_subset, seed=recipe.seed)
+    shape, classes = tuple(train_set.input_shape), train_set.num_classes
+
+    student, student_spec = build_from_spec(recipe.student, shape, classes, "student")
+    teacher = None
+    if recipe.teacher is not None:
+        if recipe.teacher.checkpoint is None:
+            raise RecipeError("field 'teacher.checkpoint': a teacher needs trained weights (a .safetensors file)")
+        teacher, _ = build_from_spec(recipe.teacher, shape, classes, "teacher")
+        teacher.to(accelerator.device)
+    terms = [LossTerm(t.name, t.weight, t.temperature, t.params) for t in recipe.losses]
+    distiller = Distiller(student, teacher, terms)
+
+    loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed, augment=build_augment(data.augment))
+    if recipe.train.steps is not None:
+        total_steps = recipe.train.steps
+    else:
+        total_steps = recipe.train.epochs * len(loader) // recipe.train.grad_accum
+    optimizer = build_optimizer(recipe.optimizer, student.parameters())
+    scheduler = build_scheduler(recipe.schedule, optimizer, total_steps)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    distiller.student = student
+
+    test_inputs, test_target = test_set.inputs, test_set.targets
+    teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device)).cpu() if teacher is not None else None
+
+    def evaluate_epoch(epoch: int) -> dict[str, Any]:
+        model = accelerator.unwrap_model(student)
+        logits = predict(model, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
+        record = {"accuracy": float((logits.argmax(-1) == test_target).float().mean())}
+        if teacher_test_logits is not None:
+            record["agreement"] = float((logits.argmax(-1) == teacher_test_logits.argmax(-1)).float().mean())
+        return record
+
+    started = time.perf_counter()
+    state = train(
+        distiller, loader, optimizer, scheduler, recipe.train,
+        accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
+        fingerprint=recipe.fingerprint(), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
+    )
+    train_seconds = time.perf_counter() - started
+
+    model = accelerator.unwrap_model(student).eval()
+    model_path = run_dir / MODEL_FILE
+    metrics: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        save_model(model, model_path, student_spec)
+        metrics = evaluate(
+            model.cpu(), test_inputs, test_target, teacher_logits=teacher_test_logits, file=model_path,
+            latency=measure_latency, batch_size=data.eval_batch_size,
+        )
+        metrics.update(
+            {"train_steps": state.step, "train_samples": state.samples, "train_seconds": train_seconds,
+             "samples_per_s": state.samples / train_seconds if train_seconds > 0 and not resume else None,
+             "threads": threads, "seed": recipe.seed, "name": recipe.name}
+        )
+        atomic_write(run_dir / "eval.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+        from distill.report.markdown import write_run_report
+
+        write_run_report(run_dir, recipe, metrics)
+    return RunResult(run_dir, model_path, metrics, state, train_seconds)

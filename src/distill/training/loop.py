@@ -1,0 +1,181 @@
+"""The one training loop, on Hugging Face Accelerate.
+
+Accelerate owns devices, mixed precision and gradient accumulation (and later DDP/FSDP);
+this loop owns the order of things: batches in a seeded order that is a pure function of
+(seed, epoch), the distillation objective, optimiser and schedule steps, metrics, and
+checkpoints that resume a run exactly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from distill.distiller import Distiller
+from distill.recipe import TrainSpec
+from distill.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+class MetricsLog:
+    """Append-only JSONL metrics file (one record per line)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (a resumed run rewrites them)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+
+@dataclass
+class TrainState:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0  # optimiser steps done
+    micro: int = 0  # micro-batches done
+    epoch: int = 0  # current epoch
+    batch: int = 0  # next batch index within ``epoch``
+    samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training early (the run may be resumed)."""
+
+
+def train(
+    distiller: Distiller,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    spec: TrainSpec,
+    *,
+    accelerator: Accelerator,
+    run_dir: Path,
+    total_steps: int,
+    resume: bool = False,
+    fingerprint: str = "",
+    evaluate_epoch: Callable[[int], dict[str, Any]] | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Train ``distiller.student`` for ``total_steps`` optimiser steps.
+
+    ``loader.epoch_batches(epoch, start)`` yields batches (dicts of tensors) of one epoch in
+    a seeded order; ``len(loader)`` is batches per epoch. ``optimizer``/``distiller.student``
+    must already be prepared by ``accelerator``. ``evaluate_epoch(epoch)`` returns metrics
+    logged at each epoch end. ``on_step`` is called after every optimiser step (it may raise
+    :class:`StopTraining`). Returns the final counters.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    student = distiller.student
+    state = TrainState()
+
+    if resume:
+        found = latest_checkpoint(ckpt_dir)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
+        saved = load_checkpoint(found, accelerator.unwrap_model(student))
+        if fingerprint and saved.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"--resume: the checkpoint {found} was made by another recipe "
+                f"(fingerprint {saved.get('fingerprint')} != {fingerprint}); resume with the same recipe"
+            )
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        state = TrainState(**saved["counters"])
+        metrics.truncate_after(state.step)
+        accelerator.step = state.micro  # keeps gradient-accumulation boundaries where they were
+
+    batches_per_epoch = len(loader)
+    if batches_per_epoch == 0:
+        raise ValueError("the training data gives no batch: lower data.batch_size or turn off drop_last")
+
+    def checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            payload = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "counters": state.__dict__,
+                "fingerprint": fingerprint,
+            }
+            save_checkpoint(ckpt_dir, state.step, accelerator.unwrap_model(student), payload, keep=spec.keep_checkpoints)
+
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    student.train()
+    running: dict[str, torch.Tensor] = {}
+    running_count = 0
+    window_start, window_samples = time.perf_counter(), 0
+    done = state.step >= total_steps
+    while not done:
+        for batch in loader.epoch_batches(state.epoch, state.batch):
+            batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
+            with accelerator.accumulate(student):
+                with accelerator.autocast():
+                    out = distiller(batch)
+                accelerator.backward(out["loss"])
+                if spec.max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(student.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            size = len(batch["input"])
+            state.micro += 1
+            state.batch += 1
+            state.samples += size
+            window_samples += size
+            for key, value in out.items():
+                running[key] = running.get(key, 0.0) + value.detach()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            scheduler.step()
+            bar.update(1)
+            if state.step % spec.log_every == 0 or state.step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": state.step, "epoch": state.epoch, "split": "train", "lr": scheduler.get_last_lr()[0]}
+                record.update({key: float(value) / running_count for key, value in running.items()})
+                record["samples_per_s"] = window_samples / elapsed if elapsed > 0 else None
+                metrics.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                running, running_count = {}, 0
+                window_start, window_samples = time.perf_counter(), 0
+            if spec.checkpoint_every and state.step % spec.checkpoint_every == 0 and state.step < total_steps:
+                checkpoint()
+            if on_step is not None:
+                on_step(state)
+            if state.step >= total_steps:
+                done = True
+                break
+        if state.batch >= batches_per_epoch or done:
+            if state.batch >= batches_per_epoch:  # a whole epoch ended
+                if evaluate_epoch is not None and spec.eval_every_epoch and accelerator.is_main_process:
+                    record = {"step": state.step, "epoch": state.epoch, "split": "test"}
+                    record.update(evaluate_epoch(state.epoch))
+                    metrics.write(record)
+                    student.train()
+                state.epoch += 1
+                state.batch = 0
+    bar.close()
+    checkpoint()
+    return state
