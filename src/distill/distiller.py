@@ -54,16 +54,26 @@ class Distiller:
         student: the model being trained; maps ``batch["input"]`` (B, ...) to logits (B, K).
         teacher: a frozen model with the same output shape, or None (student-only training).
         terms: the weighted loss terms; terms that need a teacher require one.
+        teacher_outputs: (N, K) teacher logits for every training sample, precomputed; used
+            instead of the teacher's forward, looked up by ``batch["index"]`` (sample ids).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, terms: list[LossTerm]) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        terms: list[LossTerm],
+        *,
+        teacher_outputs: torch.Tensor | None = None,
+    ) -> None:
         self.student = student
+        self.teacher_outputs = teacher_outputs
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self.terms = terms
         if not terms:
             raise ValueError("Distiller needs at least one loss term")
         needy = [term.name for term in terms if "teacher" in term.needs]
-        if needy and teacher is None:
+        if needy and teacher is None and teacher_outputs is None:
             raise ValueError(f"loss terms {needy} need a teacher, but none was given")
         keys = [term.key for term in terms]
         if len(set(keys)) != len(keys):
@@ -82,7 +92,12 @@ class Distiller:
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs, target = batch["input"], batch.get("target")
         student_logits = self.student(inputs)
-        teacher_logits = self.teacher_logits(inputs) if self.needs_teacher else None
+        teacher_logits = None
+        if self.needs_teacher:
+            if self.teacher_outputs is not None:
+                teacher_logits = self.teacher_outputs[batch["index"]]
+            else:
+                teacher_logits = self.teacher_logits(inputs)
         out: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:

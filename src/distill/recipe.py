@@ -61,6 +61,13 @@ class ModelSpec(_Strict):
         return name
 
 
+class TeacherSpec(ModelSpec):
+    """The teacher: like a model spec, plus ``precompute``: run it once over the training set
+    and keep its logits in memory (only without random augmentation, whose inputs change)."""
+
+    precompute: bool = False
+
+
 class AugmentSpec(_Strict):
     name: Literal["shift", "crop_flip"]
     max_shift: int = 2
@@ -102,7 +109,7 @@ class LossSpec(_Strict):
         if name not in LOGIT_LOSSES:
             hint = closest(name, list(LOGIT_LOSSES))
             raise ValueError(
-                f"unknown loss {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                f"unknown loss {name!r}" + (f"; did you mean {hint!r}?" if hint else ".")
                 + f" Valid losses: {', '.join(sorted(LOGIT_LOSSES))}"
             )
         return name
@@ -155,7 +162,7 @@ class Recipe(_Strict):
     seed: int = 0
     output_dir: str = "runs/run"
     data: DataSpec = Field(default_factory=DataSpec)
-    teacher: Optional[ModelSpec] = None
+    teacher: Optional[TeacherSpec] = None
     student: ModelSpec
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="cross_entropy")])
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -168,6 +175,11 @@ class Recipe(_Strict):
 
         if not self.losses:
             raise ValueError("'losses' is empty: give at least one term, e.g. [{name: cross_entropy}]")
+        if self.teacher is not None and self.teacher.precompute and self.data.augment is not None:
+            raise ValueError(
+                "teacher.precompute stores one teacher output per training sample, but data.augment "
+                "changes the inputs every epoch: remove data.augment or set teacher.precompute: false"
+            )
         if self.teacher is None:
             needy = [term.name for term in self.losses if "teacher" in LOSS_NEEDS[term.name]]
             if needy:
@@ -229,7 +241,7 @@ def format_validation_error(error: ValidationError, source: str = "recipe") -> s
         if item["type"] == "extra_forbidden":
             valid = _fields_at(loc[:-1])
             hint = closest(str(loc[-1]), valid)
-            message = "unknown key" + (f"; did you mean {hint!r}?" if hint else "")
+            message = "unknown key" + (f"; did you mean {hint!r}?" if hint else ".")
             if valid:
                 message += f" Valid keys here: {', '.join(valid)}"
         elif item["type"] == "missing":
@@ -243,9 +255,13 @@ def format_validation_error(error: ValidationError, source: str = "recipe") -> s
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.0.c=value`` -> (["a", "b", "0", "c"], parsed value)."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise RecipeError(f"override {text!r} is not of the form key=value (e.g. train.epochs=3)")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override {text!r}: the value is not valid YAML: {exc}") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -265,13 +281,22 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node[int(part)] = value
                 else:
                     node = node[int(part)]
-            else:
+            elif isinstance(node, dict):
                 if last:
                     node[part] = value
                 else:
                     if node.get(part) is None:
+                        if path[depth + 1].isdigit():
+                            raise RecipeError(
+                                f"override {text!r}: '{'.'.join(path[:depth + 1])}' is not set in the recipe, so it has "
+                                f"no item {path[depth + 1]}; set the whole list instead (e.g. {part}=[...])"
+                            )
                         node[part] = {}
                     node = node[part]
+            else:
+                raise RecipeError(
+                    f"override {text!r}: '{'.'.join(path[:depth])}' is {node!r}, not a mapping, so it has no key {part!r}"
+                )
     return tree
 
 

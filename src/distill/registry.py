@@ -79,7 +79,7 @@ class Registry(Generic[T]):
         if ":" in name:
             return import_callable(name)  # type: ignore[return-value]
         hint = closest(name, self.names())
-        suggestion = f"; did you mean {hint!r}?" if hint else ""
+        suggestion = f"; did you mean {hint!r}?" if hint else "."
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}{suggestion} Valid names: {', '.join(self.names())}, "
             f"or 'package.module:callable' for your own code."

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -32,6 +32,7 @@ from distill.distiller import Distiller, LossTerm
 from distill.evaluation import evaluate, predict
 from distill.models import build_model
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_files
+from distill.training.checkpoint import latest_checkpoint
 from distill.training.loop import TrainState, train
 from distill.training.optim import build_optimizer, build_scheduler
 
@@ -85,6 +86,10 @@ def build_augment(spec: AugmentSpec | None):
 
 def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     run_dir = Path(recipe.output_dir)
+    if resume and latest_checkpoint(run_dir / "checkpoints") is None:  # refuse before touching the folder
+        raise RecipeError(
+            f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}; run without --resume to start this run"
+        )
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise RecipeError(
             f"field 'output_dir': {run_dir} already holds a run; pass --resume to continue it, "
@@ -111,8 +116,14 @@ def run_recipe(
     check_files(recipe)
     threads = set_threads(recipe.train.threads)
     run_dir = prepare_run_dir(recipe, resume, overwrite)
-    atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
+    if not (resume and (run_dir / "recipe.yaml").is_file()):
+        # a resumed run keeps the file: the loop refuses a recipe that differs from the checkpoint's
+        atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
 
+    # Accelerate keeps its state in process-wide singletons that refuse a second Accelerator with
+    # another mixed_precision; each run configures its own (the process group, if any, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum
     )
@@ -132,7 +143,10 @@ def run_recipe(
         teacher, _ = build_from_spec(recipe.teacher, shape, classes, "teacher")
         teacher.to(accelerator.device)
     terms = [LossTerm(t.name, t.weight, t.temperature, t.params) for t in recipe.losses]
-    distiller = Distiller(student, teacher, terms)
+    teacher_outputs = None
+    if teacher is not None and recipe.teacher.precompute and any("teacher" in term.needs for term in terms):
+        teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
+    distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs)
 
     loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed, augment=build_augment(data.augment))
     if recipe.train.steps is not None:

@@ -64,9 +64,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write(directory / "latest", lambda path: Path(path).write_text(final.name + "\n"))
-    for old in sorted(directory.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    # keep ``final`` and the keep - 1 newest complete checkpoints before it; drop the rest
+    # (incomplete folders, and later steps left by a run that was resumed from an earlier one)
+    earlier = [p for p in sorted(directory.glob("step-*")) if p.name < final.name and _complete(p)]
+    survivors = {final, *earlier[-(keep - 1):]} if keep > 1 else {final}
+    for old in directory.glob("step-*"):
+        if old not in survivors:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() and (folder / MODEL_FILE).is_file()
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -75,9 +84,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
     pointer = directory / "latest"
     if pointer.is_file():
         candidate = directory / pointer.read_text().strip()
-        if (candidate / STATE_FILE).is_file() and (candidate / MODEL_FILE).is_file():
+        if _complete(candidate):
             return candidate
-    complete = [p for p in sorted(directory.glob("step-*")) if (p / STATE_FILE).is_file() and (p / MODEL_FILE).is_file()]
+    complete = [p for p in sorted(directory.glob("step-*")) if _complete(p)]
     return complete[-1] if complete else None
 
 

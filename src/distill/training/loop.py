@@ -34,11 +34,19 @@ class MetricsLog:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (a resumed run rewrites them)."""
+    def truncate_after(self, step: int, epoch: int | None = None) -> None:
+        """Drop the records a run resumed at (``step``, ``epoch``) writes again: those past
+        ``step``, and test records of epochs from ``epoch`` on (an epoch that ended exactly at
+        the checkpoint's step is evaluated again after the resume)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+
+        def keep(record: dict[str, Any]) -> bool:
+            if record.get("step", 0) > step:
+                return False
+            return not (epoch is not None and record.get("split") == "test" and record.get("epoch", -1) >= epoch)
+
+        kept = [line for line in self.path.read_text().splitlines() if line and keep(json.loads(line))]
         self.path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -55,7 +63,8 @@ class TrainState:
 
 
 class StopTraining(Exception):
-    """Raised by a callback to end training early (the run may be resumed)."""
+    """Raised by an ``on_step`` callback to end training early: the loop checkpoints the step
+    just done and re-raises, so the run resumes exactly from there (``--resume``)."""
 
 
 def train(
@@ -80,13 +89,17 @@ def train(
     a seeded order; ``len(loader)`` is batches per epoch. ``optimizer``/``distiller.student``
     must already be prepared by ``accelerator``. ``evaluate_epoch(epoch)`` returns metrics
     logged at each epoch end. ``on_step`` is called after every optimiser step (it may raise
-    :class:`StopTraining`). Returns the final counters.
+    :class:`StopTraining`, which saves a checkpoint of that step, then propagates; any other
+    exception propagates with the last periodic checkpoint left as it was). Returns the
+    final counters.
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     student = distiller.student
     state = TrainState()
+    running: dict[str, torch.Tensor] = {}  # sums over the current logging window
+    running_count = 0
 
     if resume:
         found = latest_checkpoint(ckpt_dir)
@@ -102,7 +115,10 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
         state = TrainState(**saved["counters"])
-        metrics.truncate_after(state.step)
+        window = saved.get("window", {"sums": {}, "count": 0})  # so the next record averages the same steps
+        running = {key: value.to(accelerator.device) for key, value in window["sums"].items()}
+        running_count = int(window["count"])
+        metrics.truncate_after(state.step, state.epoch)
         accelerator.step = state.micro  # keeps gradient-accumulation boundaries where they were
 
     batches_per_epoch = len(loader)
@@ -117,14 +133,13 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "counters": state.__dict__,
+                "window": {"sums": {key: value.detach().cpu() for key, value in running.items()}, "count": running_count},
                 "fingerprint": fingerprint,
             }
             save_checkpoint(ckpt_dir, state.step, accelerator.unwrap_model(student), payload, keep=spec.keep_checkpoints)
 
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     student.train()
-    running: dict[str, torch.Tensor] = {}
-    running_count = 0
     window_start, window_samples = time.perf_counter(), 0
     done = state.step >= total_steps
     while not done:
@@ -160,10 +175,17 @@ def train(
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 running, running_count = {}, 0
                 window_start, window_samples = time.perf_counter(), 0
-            if spec.checkpoint_every and state.step % spec.checkpoint_every == 0 and state.step < total_steps:
+            saved_now = bool(spec.checkpoint_every and state.step % spec.checkpoint_every == 0 and state.step < total_steps)
+            if saved_now:
                 checkpoint()
             if on_step is not None:
-                on_step(state)
+                try:
+                    on_step(state)
+                except StopTraining:
+                    if not saved_now:
+                        checkpoint()
+                    bar.close()
+                    raise
             if state.step >= total_steps:
                 done = True
                 break

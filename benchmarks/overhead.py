@@ -1,0 +1,126 @@
+"""Benchmark 3: overhead of `distill run` against a minimal hand-written PyTorch loop.
+
+    python benchmarks/overhead.py [--steps 400] [--repeats 3] [--threads 1]
+
+Both train the Hinton MNIST student (784-800-800-10) from a live 784-1200-1200-10 teacher
+with 0.9 x KL(T=20) + 0.1 x CE, AdamW, cosine schedule, batch 128, for the same number of
+steps on the same data, alternating in one process (distill, hand, distill, hand, ...).
+Samples per second are medians over the repeats; goal: distill / hand >= 0.9.
+The distill side is timed over its whole training phase (loop, logging, progress
+bookkeeping, the final checkpoint); data loading and the final evaluation are excluded on
+both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, require_data, write_result  # noqa: E402
+
+from distill.artifacts import save_model  # noqa: E402
+from distill.data import build_dataset  # noqa: E402
+from distill.models import build_model  # noqa: E402
+from distill.recipe import load_recipe  # noqa: E402
+from distill.runner import run_recipe  # noqa: E402
+from distill.training.optim import build_optimizer, build_scheduler  # noqa: E402
+
+TEMPERATURE = 20.0
+
+
+def hand_written(recipe, teacher_path: Path, steps: int) -> float:
+    """The same computation as `distill run`, written out by hand; returns samples/s."""
+    torch.manual_seed(recipe.seed)
+    data = build_dataset("mnist", "train", root=recipe.data.root)
+    inputs, targets = data.inputs, data.targets
+    spec = {"input_shape": tuple(data.input_shape), "num_classes": data.num_classes}
+    student = build_model("mlp", **spec, hidden=[800, 800])
+    teacher = build_model("mlp", **spec, hidden=[1200, 1200], dropout=0.5, input_dropout=0.2)
+    from distill.artifacts import load_weights
+
+    load_weights(teacher, teacher_path).eval().requires_grad_(False)
+    optimizer = build_optimizer(recipe.optimizer, student.parameters())
+    scheduler = build_scheduler(recipe.schedule, optimizer, steps)
+    batch = recipe.data.batch_size
+    per_epoch = len(inputs) // batch
+    student.train()
+    start = time.perf_counter()
+    step = 0
+    epoch = 0
+    while step < steps:
+        order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(epoch))
+        for i in range(per_epoch):
+            if step >= steps:
+                break
+            ids = order[i * batch:(i + 1) * batch]
+            x, y = inputs[ids], targets[ids]
+            student_logits = student(x)
+            with torch.inference_mode():
+                teacher_logits = teacher(x)
+            teacher_logits = teacher_logits.clone()
+            kl = F.kl_div(F.log_softmax(student_logits / TEMPERATURE, -1), F.log_softmax(teacher_logits / TEMPERATURE, -1),
+                          log_target=True, reduction="batchmean") * TEMPERATURE ** 2
+            loss = 0.9 * kl + 0.1 * F.cross_entropy(student_logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+        epoch += 1
+    elapsed = time.perf_counter() - start
+    return steps * batch / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    root = require_data("mnist")
+    started = time.time()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="distill-overhead-"))
+    teacher = build_model("mlp", input_shape=(1, 28, 28), num_classes=10, hidden=[1200, 1200], dropout=0.5, input_dropout=0.2)
+    teacher_path = save_model(teacher, work / "teacher.safetensors", {
+        "model": "mlp", "params": {"hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2},
+        "input_shape": [1, 28, 28], "num_classes": 10})
+    recipe = load_recipe(ROOT / "recipes" / "hinton_mnist_distilled.yaml", [
+        f"data.root={root}", f"teacher.checkpoint={teacher_path}", f"train.steps={args.steps}",
+        f"train.threads={args.threads}", "train.eval_every_epoch=false", f"output_dir={work / 'run'}"])
+    distill_sps, hand_sps = [], []
+    for repeat in range(args.repeats):
+        result = run_recipe(recipe, overwrite=True, progress=False, measure_latency=False)
+        distill_sps.append(result.state.samples / result.train_seconds)
+        hand_sps.append(hand_written(recipe, teacher_path, args.steps))
+        print(f"repeat {repeat}: distill {distill_sps[-1]:.0f} samples/s, hand-written {hand_sps[-1]:.0f} samples/s", flush=True)
+    ratios = [d / h for d, h in zip(distill_sps, hand_sps)]
+    ratio = statistics.median(distill_sps) / statistics.median(hand_sps)
+    verdict = "met" if ratio >= 0.9 else "missed"
+    markdown = "\n".join([
+        "| loop | samples/s (median) | per repeat |",
+        "|---|---|---|",
+        f"| `distill run` | {statistics.median(distill_sps):.0f} | {', '.join(f'{v:.0f}' for v in distill_sps)} |",
+        f"| hand-written PyTorch | {statistics.median(hand_sps):.0f} | {', '.join(f'{v:.0f}' for v in hand_sps)} |",
+        "",
+        f"Ratio distill / hand-written: **{ratio:.3f}** (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"goal >= 0.9: **{verdict}**. Workload: Hinton MNIST student 784-800-800-10 with a live 784-1200-1200-10 "
+        f"teacher, 0.9 x KL(T=20) + 0.1 x CE, AdamW, batch 128, {args.steps} steps per run, {args.repeats} alternating "
+        f"repeats, {args.threads} torch thread(s).",
+    ])
+    numbers = {"steps": args.steps, "repeats": args.repeats, "threads": args.threads, "distill_samples_per_s": distill_sps,
+               "hand_samples_per_s": hand_sps, "ratio_of_medians": ratio, "ratios": ratios}
+    path = write_result("overhead", numbers, markdown, started)
+    print(markdown)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
