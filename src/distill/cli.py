@@ -113,10 +113,11 @@ def eval_(
     try:
         student, _ = load_model(model)
         dataset = build_dataset(data, split, root=root)
-        teacher_logits = predict(load_model(teacher)[0], dataset.inputs) if teacher is not None else None
-        rows = []
+        teacher_logits, rows = None, []
         if teacher is not None:
-            rows.append((f"teacher ({teacher.name})", evaluate(load_model(teacher)[0], dataset.inputs, dataset.targets, file=teacher)))
+            teacher_model = load_model(teacher)[0]
+            teacher_logits = predict(teacher_model, dataset.inputs)
+            rows.append((f"teacher ({teacher.name})", evaluate(teacher_model, dataset.inputs, dataset.targets, file=teacher)))
         metrics = evaluate(student, dataset.inputs, dataset.targets, teacher_logits=teacher_logits, file=model)
         rows.append((model.name, metrics))
     except _user_errors() as exc:

@@ -95,6 +95,8 @@ class Distiller:
         teacher_logits = None
         if self.needs_teacher:
             if self.teacher_outputs is not None:
+                if "index" not in batch:
+                    raise ValueError("precomputed teacher outputs are looked up by sample id: the batch needs an 'index' entry")
                 teacher_logits = self.teacher_outputs[batch["index"]]
             else:
                 teacher_logits = self.teacher_logits(inputs)

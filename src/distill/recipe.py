@@ -155,6 +155,9 @@ class TrainSpec(_Strict):
         return self
 
 
+NOT_NUMERIC_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epoch")
+
+
 class Recipe(_Strict):
     """The whole recipe. ``teacher: null`` trains the student on its losses alone."""
 
@@ -193,9 +196,19 @@ class Recipe(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def fingerprint(self) -> str:
-        """Short hash of the resolved recipe (stable across key order)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+    def fingerprint(self, *, training_only: bool = False) -> str:
+        """Short hash of the resolved recipe (stable across key order).
+
+        ``training_only`` leaves out what does not change the numbers a run computes (the
+        output folder, threads, logging and checkpoint cadence), so a run may be resumed with
+        those changed.
+        """
+        tree = self.to_dict()
+        if training_only:
+            tree.pop("output_dir")
+            for key in NOT_NUMERIC_TRAIN_KEYS:
+                tree["train"].pop(key)
+        text = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -173,7 +173,7 @@ def run_recipe(
     state = train(
         distiller, loader, optimizer, scheduler, recipe.train,
         accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
-        fingerprint=recipe.fingerprint(), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
+        fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
     )
     train_seconds = time.perf_counter() - started
 

@@ -74,7 +74,8 @@ def plot_curves(metrics_files: dict[str, Path], out: Path) -> Path | None:
     ax_acc.set(xlabel="optimiser step", ylabel="test accuracy", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

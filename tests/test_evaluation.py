@@ -1,0 +1,134 @@
+"""Evaluation: golden ECE, agreement and KL against an independent computation, latency, sizes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distill.evaluation import (
+    compare_to_teacher,
+    count_parameters,
+    evaluate,
+    expected_calibration_error,
+    measure_latency,
+    parameter_bytes,
+    predict,
+)
+
+
+def logits_of(probs: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(probs, dtype=torch.float64).log().float()
+
+
+def test_ece_golden_value_by_hand():
+    # confidence, prediction, target, correct?
+    #   0.90  0  0  yes   -> bin [0.8, 1.0]
+    #   0.70  1  0  no    -> bin [0.6, 0.8)
+    #   0.75  0  1  no    -> bin [0.6, 0.8)
+    #   0.55  0  0  yes   -> bin [0.4, 0.6)
+    logits = logits_of([[0.9, 0.1], [0.3, 0.7], [0.75, 0.25], [0.55, 0.45]])
+    target = torch.tensor([0, 0, 1, 0])
+    # 1/4 |1 - 0.9| + 2/4 |0 - (0.7 + 0.75) / 2| + 1/4 |1 - 0.55| = 0.025 + 0.3625 + 0.1125
+    assert expected_calibration_error(logits, target, num_bins=5) == pytest.approx(0.5, abs=1e-6)
+    # one bin: |accuracy - mean confidence| = |0.5 - 0.725|
+    assert expected_calibration_error(logits, target, num_bins=1) == pytest.approx(0.225, abs=1e-6)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    # four samples at confidence 0.75, three of them right
+    logits = logits_of([[0.75, 0.25]] * 4)
+    target = torch.tensor([0, 0, 0, 1])
+    assert expected_calibration_error(logits, target, num_bins=10) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ece_confidence_one_falls_in_the_last_bin():
+    logits = torch.tensor([[100.0, 0.0], [0.0, 100.0]])
+    assert expected_calibration_error(logits, torch.tensor([0, 0]), num_bins=15) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_compare_to_teacher_against_an_independent_computation():
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(50, 7, generator=generator)
+    teacher = torch.randn(50, 7, generator=generator) * 2
+    result = compare_to_teacher(student, teacher)
+
+    s, t = student.double().numpy(), teacher.double().numpy()
+    log_q = s - np.log(np.exp(s).sum(1, keepdims=True))
+    log_p = t - np.log(np.exp(t).sum(1, keepdims=True))
+    kl_rows = (np.exp(log_p) * (log_p - log_q)).sum(1)  # KL(p_teacher || p_student) per sample
+    agreement = float((s.argmax(1) == t.argmax(1)).mean())
+
+    assert result["agreement"] == pytest.approx(agreement)
+    assert result["kl_to_teacher"] == pytest.approx(float(kl_rows.mean()), rel=1e-5)
+    assert 0 < result["agreement"] < 1  # the example is not degenerate
+
+
+def test_compare_to_itself():
+    logits = torch.randn(20, 4, generator=torch.Generator().manual_seed(1))
+    result = compare_to_teacher(logits, logits)
+    assert result["agreement"] == 1.0 and result["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_direction_is_teacher_first():
+    # KL(p || q) != KL(q || p) in general: check the documented direction on one pair
+    student, teacher = logits_of([[0.5, 0.5]]), logits_of([[0.9, 0.1]])
+    expected = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert compare_to_teacher(student, teacher)["kl_to_teacher"] == pytest.approx(expected, rel=1e-5)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.register_buffer("scale", torch.ones(3, dtype=torch.float64))
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.dropout(self.linear(x.flatten(1))) * self.scale.float()
+
+
+def test_predict_uses_eval_mode_batches_and_restores_training():
+    torch.manual_seed(0)
+    model = Tiny().train()
+    inputs = torch.randn(10, 4)
+    logits = predict(model, inputs, batch_size=3)
+    assert model.training  # restored
+    with torch.no_grad():
+        expected = model.eval()(inputs)
+    torch.testing.assert_close(logits, expected)
+
+
+def test_sizes():
+    model = Tiny()
+    assert count_parameters(model) == 4 * 3 + 3
+    assert parameter_bytes(model) == (4 * 3 + 3) * 4 + 3 * 8
+
+
+def test_measure_latency_is_positive_and_records_threads():
+    model = Tiny()
+    result = measure_latency(model, torch.randn(1, 4), 8, repeats=5, warmup=1)
+    assert result["batch_ms"] > 0 and result["per_sample_ms"] > 0
+    assert result["per_sample_ms"] == pytest.approx(result["batch_ms"] / 8)
+    assert result["threads"] == torch.get_num_threads() >= 1
+    assert not model.training
+
+
+def test_evaluate_reports_everything(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    inputs, target = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    teacher_logits = torch.randn(30, 3)
+    file = tmp_path / "w.bin"
+    file.write_bytes(b"x" * 123)
+    metrics = evaluate(model, inputs, target, teacher_logits=teacher_logits, file=file, latency=True, batch_size=7)
+    with torch.no_grad():
+        logits = model.eval()(inputs)
+    assert metrics["accuracy"] == pytest.approx(float((logits.argmax(-1) == target).float().mean()))
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(logits, target))
+    assert metrics["agreement"] == pytest.approx(compare_to_teacher(logits, teacher_logits)["agreement"])
+    assert metrics["file_bytes"] == 123 and metrics["parameters"] == 15
+    assert metrics["latency_b1_ms"] > 0 and metrics["latency_b64_ms"] > 0 and metrics["threads"] >= 1
+    assert "latency_b1_ms" not in evaluate(model, inputs, target, latency=False)
