@@ -65,18 +65,43 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue from the run folder's latest checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="data-parallel processes on this machine (torchrun)"),
 ) -> None:
     """Train the student a recipe describes, evaluate it, write the run folder."""
     from distill.recipe import load_recipe
     from distill.runner import run_recipe
 
+    if num_processes > 1:
+        _launch(num_processes, recipe, overrides or [], resume=resume, overwrite=overwrite, progress=progress)
+        return
     try:
         loaded = load_recipe(recipe, overrides or [])
         result = run_recipe(loaded, resume=resume, overwrite=overwrite, progress=progress)
     except _user_errors() as exc:
         _fail(str(exc))
-    console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
-    console.print(f"Run folder: {result.run_dir}")
+    if result.metrics:  # only the main process evaluates
+        console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
+        console.print(f"Run folder: {result.run_dir}")
+
+
+def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: bool) -> None:
+    """Run ``distill run`` in ``num_processes`` processes through torchrun (PyTorch's launcher)."""
+    import subprocess
+
+    from distill.recipe import load_recipe
+
+    try:  # refuse a bad recipe here, once, rather than in every process
+        load_recipe(recipe, overrides)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
+               "-m", "distill", "run", str(recipe), *overrides]
+    command += [f"--{name}" for name in ("resume", "overwrite") if flags[name]]
+    command += [] if flags["progress"] else ["--no-progress"]
+    console.print(f"launching: {' '.join(command[1:])}", highlight=False)
+    code = subprocess.call(command)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

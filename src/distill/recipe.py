@@ -146,7 +146,8 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     eval_every_epoch: bool = True
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: all cores, recorded)")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: cores / local processes, recorded)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU (gloo for several processes)")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":

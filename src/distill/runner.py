@@ -49,8 +49,10 @@ class RunResult:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (default: all cores) and return it."""
-    threads = threads or os.cpu_count() or 1
+    """Set torch's intra-op thread count and return it. Default: the cores shared out among the
+    processes of this machine (``LOCAL_WORLD_SIZE`` under torchrun / accelerate launch)."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = threads or max((os.cpu_count() or 1) // local_processes, 1)
     torch.set_num_threads(threads)
     return threads
 
@@ -84,12 +86,14 @@ def build_augment(spec: AugmentSpec | None):
     return RandomCropFlip(padding=spec.padding, flip=spec.flip)
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
+def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool, main_process: bool = True) -> Path:
     run_dir = Path(recipe.output_dir)
     if resume and latest_checkpoint(run_dir / "checkpoints") is None:  # refuse before touching the folder
         raise RecipeError(
             f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}; run without --resume to start this run"
         )
+    if not main_process:  # the main process checks and prepares the folder; the others wait for it
+        return run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise RecipeError(
             f"field 'output_dir': {run_dir} already holds a run; pass --resume to continue it, "
@@ -98,6 +102,9 @@ def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (resume and (run_dir / "recipe.yaml").is_file()):
+        # a resumed run keeps the file: the loop refuses a recipe that differs from the checkpoint's
+        atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
     return run_dir
 
 
@@ -115,19 +122,20 @@ def run_recipe(
 
     check_files(recipe)
     threads = set_threads(recipe.train.threads)
-    run_dir = prepare_run_dir(recipe, resume, overwrite)
-    if not (resume and (run_dir / "recipe.yaml").is_file()):
-        # a resumed run keeps the file: the loop refuses a recipe that differs from the checkpoint's
-        atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
-
     # Accelerate keeps its state in process-wide singletons that refuse a second Accelerator with
     # another mixed_precision; each run configures its own (the process group, if any, is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    device = recipe.train.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("field 'train.device': 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
     accelerator = Accelerator(
-        mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum
+        mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum,
+        cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
     )
-    set_seed(recipe.seed)
+    run_dir = prepare_run_dir(recipe, resume, overwrite, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    set_seed(recipe.seed)  # the same on every process: identical initial weights
     data = recipe.data
     train_set = build_dataset(data.name, "train", root=data.root)
     test_set = build_dataset(data.name, "test", root=data.root)
@@ -147,8 +155,15 @@ def run_recipe(
     if teacher is not None and recipe.teacher.precompute and any("teacher" in term.needs for term in terms):
         teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
     distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs)
+    if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
+        torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
 
-    loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed, augment=build_augment(data.augment))
+    try:
+        loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
+                                augment=build_augment(data.augment), rank=accelerator.process_index,
+                                world_size=accelerator.num_processes)
+    except ValueError as exc:
+        raise RecipeError(f"field 'data.batch_size': {exc}") from None
     if recipe.train.steps is not None:
         total_steps = recipe.train.steps
     else:
@@ -159,7 +174,9 @@ def run_recipe(
     distiller.student = student
 
     test_inputs, test_target = test_set.inputs, test_set.targets
-    teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device)).cpu() if teacher is not None else None
+    teacher_test_logits = None
+    if teacher is not None and accelerator.is_main_process:
+        teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
 
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
         model = accelerator.unwrap_model(student)
@@ -195,4 +212,5 @@ def run_recipe(
         from distill.report.markdown import write_run_report
 
         write_run_report(run_dir, recipe, metrics)
+    accelerator.wait_for_everyone()
     return RunResult(run_dir, model_path, metrics, state, train_seconds)

@@ -31,12 +31,25 @@ class InMemoryLoader:
     ``derive_seed(seed, e)``; identity order when ``shuffle=False``). ``augment(inputs,
     generator)`` runs on each batch with a generator seeded by ``derive_seed(seed, e, b)``.
     Resume with ``epoch_batches(e, start=b)``; plain iteration walks epochs 0, 1, 2, ...
+
+    Data parallel: with ``world_size`` W > 1, ``batch_size`` is the *global* batch; every
+    process builds (and augments) the same global batch and keeps rows ``rank::W``, so the
+    processes never overlap and together see exactly what one process would.
+    ``len()`` counts global batches, so counters mean the same for any W.
     """
 
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, augment: Augment | None = None) -> None:
+                 drop_last: bool = False, seed: int = 0, augment: Augment | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if world_size > 1 and (batch_size % world_size or not drop_last):
+            raise ValueError(
+                f"with {world_size} processes the global batch_size ({batch_size}) must divide evenly "
+                f"between them and drop_last must be on, so every process gets an equal share"
+            )
         if drop_last and batch_size > len(dataset):
             raise ValueError(f"drop_last with batch_size {batch_size} > {len(dataset)} samples "
                              f"in {dataset.name}/{dataset.split} leaves no batch")
@@ -46,6 +59,8 @@ class InMemoryLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.augment = augment
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0  # the epoch the next plain iteration walks
 
     def __len__(self) -> int:
@@ -76,7 +91,11 @@ class InMemoryLoader:
             inputs = dataset.inputs[ids]
             if self.augment is not None:
                 inputs = self.augment(inputs, torch.Generator().manual_seed(derive_seed(self.seed, epoch, b)))
-            yield {"input": inputs, "target": dataset.targets[ids], "index": ids}
+            targets = dataset.targets[ids]
+            if self.world_size > 1:  # this process's share of the global batch (augmented as a whole)
+                share = slice(self.rank, None, self.world_size)
+                inputs, targets, ids = inputs[share], targets[share], ids[share]
+            yield {"input": inputs, "target": targets, "index": ids}
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self.epoch = self.epoch, self.epoch + 1

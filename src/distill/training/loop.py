@@ -115,6 +115,8 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
         state = TrainState(**saved["counters"])
+        if accelerator.num_processes > 1:  # per-process streams (the checkpoint holds the main one)
+            torch.manual_seed(state.step * 1_000_003 + accelerator.process_index)
         window = saved.get("window", {"sums": {}, "count": 0})  # so the next record averages the same steps
         running = {key: value.to(accelerator.device) for key, value in window["sums"].items()}
         running_count = int(window["count"])
@@ -153,7 +155,7 @@ def train(
                     accelerator.clip_grad_norm_(student.parameters(), spec.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            size = len(batch["input"])
+            size = len(batch["input"]) * accelerator.num_processes  # global samples
             state.micro += 1
             state.batch += 1
             state.samples += size
@@ -169,7 +171,11 @@ def train(
             if state.step % spec.log_every == 0 or state.step == total_steps:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": state.step, "epoch": state.epoch, "split": "train", "lr": scheduler.get_last_lr()[0]}
-                record.update({key: float(value) / running_count for key, value in running.items()})
+                keys = sorted(running)
+                values = torch.stack([torch.as_tensor(running[key], dtype=torch.float32, device=accelerator.device) for key in keys])
+                if accelerator.num_processes > 1:  # the mean over processes = the mean over the global batch
+                    values = accelerator.reduce(values, reduction="mean")
+                record.update({key: float(value) / running_count for key, value in zip(keys, values.tolist())})
                 record["samples_per_s"] = window_samples / elapsed if elapsed > 0 else None
                 metrics.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
