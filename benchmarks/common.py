@@ -100,6 +100,18 @@ def rebuild_results_md() -> Path:
     return out
 
 
+def hinton_teacher_file(path: Path) -> Path:
+    """A randomly initialised Hinton MNIST teacher (784-1200-1200-10) as a distill model file.
+
+    Speed benchmarks only: its cost per sample is that of a trained one."""
+    from distill.artifacts import save_model
+    from distill.models import build_model
+
+    params = {"hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
+    model = build_model("mlp", input_shape=(1, 28, 28), num_classes=10, **params)
+    return save_model(model, path, {"model": "mlp", "params": params, "input_shape": [1, 28, 28], "num_classes": 10})
+
+
 def require_data(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, require_data, write_result  # noqa: E402
+from common import ROOT, hinton_teacher_file, require_data, write_result  # noqa: E402
 
-from distill.artifacts import save_model  # noqa: E402
 from distill.data import build_dataset  # noqa: E402
 from distill.models import build_model  # noqa: E402
 from distill.recipe import load_recipe  # noqa: E402
@@ -88,10 +87,7 @@ def main() -> None:
     started = time.time()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="distill-overhead-"))
-    teacher = build_model("mlp", input_shape=(1, 28, 28), num_classes=10, hidden=[1200, 1200], dropout=0.5, input_dropout=0.2)
-    teacher_path = save_model(teacher, work / "teacher.safetensors", {
-        "model": "mlp", "params": {"hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2},
-        "input_shape": [1, 28, 28], "num_classes": 10})
+    teacher_path = hinton_teacher_file(work / "teacher.safetensors")
     recipe = load_recipe(ROOT / "recipes" / "hinton_mnist_distilled.yaml", [
         f"data.root={root}", f"teacher.checkpoint={teacher_path}", f"train.steps={args.steps}",
         f"train.threads={args.threads}", "train.eval_every_epoch=false", f"output_dir={work / 'run'}"])

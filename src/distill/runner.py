@@ -151,9 +151,14 @@ def run_recipe(
         teacher, _ = build_from_spec(recipe.teacher, shape, classes, "teacher")
         teacher.to(accelerator.device)
     terms = [LossTerm(t.name, t.weight, t.temperature, t.params) for t in recipe.losses]
+    test_inputs, test_target = test_set.inputs, test_set.targets
+    teacher_test_logits = None
+    if teacher is not None and accelerator.is_main_process:  # for agreement / KL in evaluations
+        teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
     teacher_outputs = None
     if teacher is not None and recipe.teacher.precompute and any("teacher" in term.needs for term in terms):
         teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
+        teacher = None  # its outputs are all the loop needs: free its memory
     distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs)
     if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
@@ -173,10 +178,6 @@ def run_recipe(
     student, optimizer = accelerator.prepare(student, optimizer)
     distiller.student = student
 
-    test_inputs, test_target = test_set.inputs, test_set.targets
-    teacher_test_logits = None
-    if teacher is not None and accelerator.is_main_process:
-        teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
 
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
         model = accelerator.unwrap_model(student)
