@@ -105,6 +105,35 @@ def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: boo
 
 
 @app.command()
+def cache(
+    recipe: Path = typer.Argument(..., help="recipe YAML with a teacher.cache section"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. teacher.cache.k=8"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="rebuild a cache that does not match"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Run the teacher once over the training data and store its outputs (teacher.cache)."""
+    from distill.recipe import check_files, load_recipe
+    from distill.runner import build_teacher, load_data, set_threads, teacher_cache
+
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+        check_files(loaded)
+        if loaded.teacher is None or loaded.teacher.cache is None:
+            _fail(f"{recipe}: 'distill cache' needs a teacher with a 'cache' section, e.g. "
+                  "teacher: {checkpoint: ..., cache: {path: runs/cache/teacher, k: 8}}")
+        set_threads(loaded.train.threads)
+        train_set, _ = load_data(loaded)
+        teacher = build_teacher(loaded, tuple(train_set.input_shape), train_set.num_classes)
+        built = teacher_cache(loaded, teacher, train_set, progress=progress, overwrite=overwrite)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    from distill.report.markdown import human_bytes
+
+    console.print(f"cache: {built.path} - {len(built):,} samples, k={built.k or 'dense'}, {built.dtype}, "
+                  f"{built.bytes_per_sample:.1f} bytes/sample, {human_bytes(built.nbytes)} in all", highlight=False)
+
+
+@app.command()
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),

@@ -61,11 +61,25 @@ class ModelSpec(_Strict):
         return name
 
 
+class CacheSpec(_Strict):
+    """A teacher-output cache on disk (see ``distill.data.cache``): built on first use (or by
+    ``distill cache RECIPE``), refused when it does not match the teacher, data or settings."""
+
+    path: str
+    k: Optional[int] = Field(None, ge=1, description="top-k logits; null stores dense logits")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    temperature: float = Field(1.0, gt=0, description="temperature of the stored tail mass (top-k)")
+    mode: Literal["renormalized", "tail"] = "renormalized"
+    shard_size: int = Field(16384, ge=1)
+
+
 class TeacherSpec(ModelSpec):
-    """The teacher: like a model spec, plus ``precompute``: run it once over the training set
-    and keep its logits in memory (only without random augmentation, whose inputs change)."""
+    """The teacher: like a model spec, plus where its outputs come from during training:
+    ``precompute`` runs it once over the training set and keeps its logits in memory; ``cache``
+    stores them on disk for many runs. Both need data without random augmentation."""
 
     precompute: bool = False
+    cache: Optional[CacheSpec] = None
 
 
 class AugmentSpec(_Strict):
@@ -179,11 +193,31 @@ class Recipe(_Strict):
 
         if not self.losses:
             raise ValueError("'losses' is empty: give at least one term, e.g. [{name: cross_entropy}]")
-        if self.teacher is not None and self.teacher.precompute and self.data.augment is not None:
+        teacher = self.teacher
+        if teacher is not None and (teacher.precompute or teacher.cache) and self.data.augment is not None:
+            which = "teacher.precompute" if teacher.precompute else "teacher.cache"
             raise ValueError(
-                "teacher.precompute stores one teacher output per training sample, but data.augment "
-                "changes the inputs every epoch: remove data.augment or set teacher.precompute: false"
+                f"{which} stores one teacher output per training sample, but data.augment changes the "
+                f"inputs every epoch, so stored outputs would be wrong: remove data.augment or {which}"
             )
+        if teacher is not None and teacher.precompute and teacher.cache:
+            raise ValueError("give teacher.precompute (in memory) or teacher.cache (on disk), not both")
+        if teacher is not None and teacher.cache is not None and teacher.cache.k is not None:
+            from distill.losses import SPARSE_TEACHER_LOSSES
+
+            dense_only = [t.name for t in self.losses if "teacher" in LOSS_NEEDS[t.name] and t.name not in SPARSE_TEACHER_LOSSES]
+            if dense_only:
+                raise ValueError(
+                    f"losses {dense_only} need dense teacher logits, but teacher.cache.k={teacher.cache.k} stores "
+                    f"the top-k only: set teacher.cache.k: null or use {sorted(SPARSE_TEACHER_LOSSES)}"
+                )
+            if teacher.cache.mode == "tail":
+                other = [t.name for t in self.losses if "teacher" in LOSS_NEEDS[t.name] and t.temperature != teacher.cache.temperature]
+                if other:
+                    raise ValueError(
+                        f"teacher.cache.mode 'tail' stores the tail mass at T={teacher.cache.temperature}, but "
+                        f"losses {other} use another temperature: make them equal or use mode 'renormalized'"
+                    )
         if self.teacher is None:
             needy = [term.name for term in self.losses if "teacher" in LOSS_NEEDS[term.name]]
             if needy:

@@ -86,6 +86,44 @@ def build_augment(spec: AugmentSpec | None):
     return RandomCropFlip(padding=spec.padding, flip=spec.flip)
 
 
+def load_data(recipe: Recipe):
+    """The recipe's (train, test) ArrayDatasets, the training set cut to ``data.train_subset``."""
+    data = recipe.data
+    train_set = build_dataset(data.name, "train", root=data.root)
+    test_set = build_dataset(data.name, "test", root=data.root)
+    if data.train_subset is not None:
+        train_set = train_set.subset(data.train_subset, seed=recipe.seed)
+    return train_set, test_set
+
+
+def build_teacher(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -> nn.Module | None:
+    """The recipe's trained teacher (None without one)."""
+    if recipe.teacher is None:
+        return None
+    if recipe.teacher.checkpoint is None:
+        raise RecipeError("field 'teacher.checkpoint': a teacher needs trained weights (a .safetensors file)")
+    return build_from_spec(recipe.teacher, input_shape, num_classes, "teacher")[0]
+
+
+def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bool = True, overwrite: bool = False):
+    """Open the recipe's teacher-output cache, building it first when it does not exist yet.
+
+    A cache made by another teacher, for other data or with other settings is refused with a
+    message naming each difference (``overwrite=True`` rebuilds it instead).
+    """
+    from distill.data.cache import CacheError, build_cache
+
+    spec = recipe.teacher.cache
+    try:
+        return build_cache(
+            teacher, train_set, spec.path, k=spec.k, temperature=spec.temperature, dtype=spec.dtype,
+            shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size, mode=spec.mode,
+            overwrite=overwrite, progress=progress,
+        )
+    except CacheError as exc:
+        raise RecipeError(f"field 'teacher.cache': {exc}") from None
+
+
 def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool, main_process: bool = True) -> Path:
     run_dir = Path(recipe.output_dir)
     if resume and latest_checkpoint(run_dir / "checkpoints") is None:  # refuse before touching the folder
@@ -137,18 +175,12 @@ def run_recipe(
     accelerator.wait_for_everyone()
     set_seed(recipe.seed)  # the same on every process: identical initial weights
     data = recipe.data
-    train_set = build_dataset(data.name, "train", root=data.root)
-    test_set = build_dataset(data.name, "test", root=data.root)
-    if data.train_subset is not None:
-        train_set = train_set.subset(data.train_subset, seed=recipe.seed)
+    train_set, test_set = load_data(recipe)
     shape, classes = tuple(train_set.input_shape), train_set.num_classes
 
     student, student_spec = build_from_spec(recipe.student, shape, classes, "student")
-    teacher = None
-    if recipe.teacher is not None:
-        if recipe.teacher.checkpoint is None:
-            raise RecipeError("field 'teacher.checkpoint': a teacher needs trained weights (a .safetensors file)")
-        teacher, _ = build_from_spec(recipe.teacher, shape, classes, "teacher")
+    teacher = build_teacher(recipe, shape, classes)
+    if teacher is not None:
         teacher.to(accelerator.device)
     terms = [LossTerm(t.name, t.weight, t.temperature, t.params) for t in recipe.losses]
     test_inputs, test_target = test_set.inputs, test_set.targets
@@ -156,9 +188,17 @@ def run_recipe(
     if teacher is not None and accelerator.is_main_process:  # for agreement / KL in evaluations
         teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
     teacher_outputs = None
-    if teacher is not None and recipe.teacher.precompute and any("teacher" in term.needs for term in terms):
-        teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
-        teacher = None  # its outputs are all the loop needs: free its memory
+    if teacher is not None and any("teacher" in term.needs for term in terms):
+        if recipe.teacher.precompute:
+            teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
+        elif recipe.teacher.cache is not None:
+            if accelerator.is_main_process:  # builds it when missing; refuses one that does not match
+                teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=progress)
+            accelerator.wait_for_everyone()
+            if not accelerator.is_main_process:
+                teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=False)
+        if teacher_outputs is not None:
+            teacher = None  # its outputs are all the loop needs: free its memory
     distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs)
     if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)

@@ -1,4 +1,5 @@
-"""Data: in-memory data sets by name, fast tensor batching and batch augmentations.
+"""Data: in-memory data sets by name, fast tensor batching, batch augmentations, and the
+teacher-output cache (``build_cache`` / ``open_cache``: top-k or dense, memory-mapped).
 
 >>> from distill.data import build_dataset, InMemoryLoader
 >>> train = build_dataset("digits", "train")            # inputs (1437, 1, 8, 8)
@@ -21,18 +22,30 @@ from .datasets import (  # noqa: E402
     read_idx,
 )
 from .loader import InMemoryLoader, derive_seed, iterate_batches  # noqa: E402
+from .cache import (  # noqa: E402
+    CacheError,
+    TeacherCache,
+    build_cache,
+    open_cache,
+    weights_fingerprint,
+)
 
 __all__ = [
     "AUGMENTS",
     "DATASETS",
     "SPLITS",
     "ArrayDataset",
+    "CacheError",
     "InMemoryLoader",
     "RandomCropFlip",
     "RandomShift",
+    "TeacherCache",
+    "build_cache",
     "build_dataset",
     "default_cache_dir",
     "derive_seed",
     "iterate_batches",
+    "open_cache",
     "read_idx",
+    "weights_fingerprint",
 ]

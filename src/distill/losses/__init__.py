@@ -2,7 +2,8 @@
 
 ``LOGIT_LOSSES`` maps a recipe name to its function; ``LOSS_NEEDS`` says which of
 ``{"teacher", "target"}`` each one needs. See :mod:`distill.losses.logits` for the uniform
-signature and the temperature convention.
+signature and the temperature convention. The losses in ``SPARSE_TEACHER_LOSSES`` also take a
+top-k :class:`SparseTeacher` (from a teacher-output cache) in place of dense teacher logits.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable
 
 from distill.losses.logits import (
     REDUCTIONS,
+    SPARSE_TEACHER_LOSSES,
     cross_entropy,
     dist,
     dkd,
@@ -21,6 +23,7 @@ from distill.losses.logits import (
     skew_reverse_kl,
     tvd,
 )
+from distill.losses.sparse import SPARSE_MODES, SparseTeacher
 
 LOGIT_LOSSES: dict[str, Callable] = {
     "kl": kl,
@@ -46,6 +49,9 @@ __all__ = [
     "LOGIT_LOSSES",
     "LOSS_NEEDS",
     "REDUCTIONS",
+    "SPARSE_MODES",
+    "SPARSE_TEACHER_LOSSES",
+    "SparseTeacher",
     "cross_entropy",
     "dist",
     "dkd",

@@ -29,6 +29,32 @@ sec. 2). ``mse`` compares raw logits, where ``T`` cancels exactly; ``cross_entro
 Log-space throughout: ``KL(P || Q) = sum_c p_c (log p_c - log q_c)`` from ``log_softmax`` with
 ``0 log 0 = 0``, so classes whose probability is 0 (``-inf`` logits in both models, or
 underflow) give no NaN.
+
+Sparse top-k teacher. Every distribution-matching loss (``SPARSE_TEACHER_LOSSES``: kl,
+reverse_kl, jsd, skew_kl, skew_reverse_kl, tvd) also accepts ``teacher_logits`` as a
+:class:`~distill.losses.sparse.SparseTeacher`: per position the teacher's k largest logits
+``v`` ``(..., k)``, their class ids ``I`` and, optionally, ``log_tail = log sum_{c not in I}
+softmax(z_t / T_c)_c`` computed at the cache's temperature ``T_c``. The same divergence is then
+taken between two distributions over buckets instead of classes, in one of two modes:
+
+- ``mode="renormalized"`` (k buckets): ``P = softmax(v / T)`` and ``Q = softmax(z_s[I] / T)``,
+  both models restricted to the teacher's top-k classes and renormalised there. The loss is the
+  divergence between the two conditional distributions given "the class is among the teacher's
+  top k"; it ignores how much mass the student puts outside the top k (a cross-entropy term or
+  the tail mode supplies that). Works at any temperature, needs no ``log_tail``. This is the
+  usual "top-k logits" practice of offline LLM distillation.
+- ``mode="tail"`` (k + 1 buckets): the k classes plus one bucket for all other classes.
+  ``P_I = (1 - tail) * softmax(v / T)``, ``P_tail = tail = exp(log_tail)`` (the top-k share the
+  mass outside the tail in the teacher's own proportions), and ``Q_I = softmax(z_s / T)[I]``,
+  ``Q_tail = 1 - sum(Q_I)`` (computed as a logsumexp of the student's log-probabilities over the
+  other classes: exact for extreme logits). This is the teacher's true distribution with its
+  tail classes merged into one (exact up to the stored precision of ``v``), so the student is
+  also taught how much mass to leave outside the top k. It needs ``tail_temperature == T``
+  (the tail mass depends on T), else ValueError.
+
+With ``k == C`` both modes equal the dense loss (the tail is empty: ``log_tail = -inf``).
+``dkd``, ``dist`` and ``mse`` need every teacher logit and raise on a SparseTeacher;
+``cross_entropy`` ignores the teacher.
 """
 from __future__ import annotations
 
@@ -39,16 +65,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .sparse import SparseTeacher, mask_sparse, sparse_log_distributions
+
 REDUCTIONS = ("mean", "sum", "none")
+# the losses that accept a SparseTeacher (they compare two distributions); dkd, dist and mse
+# need every class of the teacher and raise; cross_entropy ignores the teacher
+SPARSE_TEACHER_LOSSES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def _prepare(name: str, student_logits: Tensor, teacher_logits: Tensor | None, target: Tensor | None,
-             mask: Tensor | None, reduction: str, temperature: float, needs: tuple[str, ...]):
+def _prepare(name: str, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher | None,
+             target: Tensor | None, mask: Tensor | None, reduction: str, temperature: float,
+             needs: tuple[str, ...], sparse_ok: bool = False):
     """Validate arguments; return fp32 (or fp64) student, detached teacher, target, mask.
 
     Masked positions are overwritten with 0 (logits) / class 0 (target) so that whatever was
-    there cannot reach the value or the gradient.
+    there cannot reach the value or the gradient; a masked ``SparseTeacher`` position becomes the
+    uniform distribution (``mask_sparse``). A ``SparseTeacher`` is accepted only with
+    ``sparse_ok`` (the distribution losses); the others raise, naming the alternatives.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"{name}: reduction={reduction!r} is not one of {REDUCTIONS}")
@@ -61,7 +95,22 @@ def _prepare(name: str, student_logits: Tensor, teacher_logits: Tensor | None, t
     positions = student_logits.shape[:-1]
     student = student_logits.to(dtype)
     teacher = None
-    if "teacher" in needs:
+    sparse = isinstance(teacher_logits, SparseTeacher) and "teacher" in needs
+    if sparse and not sparse_ok:
+        raise ValueError(f"{name} needs dense teacher_logits of shape {tuple(student_logits.shape)}, got a "
+                         f"SparseTeacher (top-{teacher_logits.k}); use a dense teacher cache (k=None), the "
+                         f"live teacher, or a distribution loss ({', '.join(SPARSE_TEACHER_LOSSES)})")
+    if sparse:
+        if teacher_logits.shape != positions:
+            raise ValueError(f"{name}: SparseTeacher positions {tuple(teacher_logits.shape)} != student "
+                             f"positions {tuple(positions)} (student_logits {tuple(student_logits.shape)})")
+        if teacher_logits.k > student_logits.shape[-1]:
+            raise ValueError(f"{name}: SparseTeacher has k={teacher_logits.k} > C={student_logits.shape[-1]} classes")
+        log_tail = teacher_logits.log_tail
+        teacher = SparseTeacher(teacher_logits.values.detach().to(dtype), teacher_logits.indices,
+                                None if log_tail is None else log_tail.detach().to(dtype),
+                                teacher_logits.tail_temperature, teacher_logits.mode)
+    elif "teacher" in needs:
         if teacher_logits is None:
             raise ValueError(f"{name} needs teacher_logits, got None")
         if teacher_logits.shape != student_logits.shape:
@@ -82,8 +131,15 @@ def _prepare(name: str, student_logits: Tensor, teacher_logits: Tensor | None, t
             raise ValueError(f"{name}: mask must be a bool tensor of shape {tuple(positions)}, "
                              f"got dtype {mask.dtype} shape {tuple(mask.shape)}")
         student = torch.where(mask.unsqueeze(-1), student, 0.0)
-        teacher = None if teacher is None else torch.where(mask.unsqueeze(-1), teacher, 0.0)
+        if sparse:
+            teacher = mask_sparse(teacher, mask, student.shape[-1])
+        elif teacher is not None:
+            teacher = torch.where(mask.unsqueeze(-1), teacher, 0.0)
         target = None if target is None else torch.where(mask, target, 0)
+    if sparse:
+        invalid = ((teacher.indices < 0) | (teacher.indices >= student.shape[-1])).any(-1)
+        if invalid.any():  # masked positions were given indices 0..k-1 above
+            raise ValueError(f"{name}: SparseTeacher has class ids outside [0, {student.shape[-1]}) at valid positions")
     if target is not None:
         invalid = (target < 0) | (target >= student.shape[-1])
         if (invalid if mask is None else invalid & mask).any():
@@ -128,13 +184,20 @@ def _check_unit(name: str, param: str, value: float) -> None:
 
 
 def _distribution_loss(name: str, divergence: Callable[[Tensor, Tensor], Tensor], student_logits: Tensor,
-                       teacher_logits: Tensor | None, mask: Tensor | None, reduction: str,
+                       teacher_logits: Tensor | SparseTeacher | None, mask: Tensor | None, reduction: str,
                        temperature: float) -> Tensor:
-    """``T**2 * divergence(log p_teacher, log q_student)`` per position, then reduced."""
+    """``T**2 * divergence(log p_teacher, log q_student)`` per position, then reduced.
+
+    The one place where a dense teacher becomes ``softmax(z / T)`` over C classes and a
+    ``SparseTeacher`` becomes a pair of distributions over k or k + 1 buckets.
+    """
     student, teacher, _, mask = _prepare(name, student_logits, teacher_logits, None, mask, reduction,
-                                         temperature, needs=("teacher",))
-    log_q = F.log_softmax(student / temperature, dim=-1)
-    log_p = F.log_softmax(teacher / temperature, dim=-1)
+                                         temperature, needs=("teacher",), sparse_ok=True)
+    if isinstance(teacher, SparseTeacher):
+        log_p, log_q = sparse_log_distributions(name, student, teacher, temperature)
+    else:
+        log_q = F.log_softmax(student / temperature, dim=-1)
+        log_p = F.log_softmax(teacher / temperature, dim=-1)
     return _reduce(divergence(log_p, log_q) * temperature**2, mask, reduction)
 
 
