@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--student-epochs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--teacher", type=Path, default=None, help="reuse this trained teacher (model.safetensors of an earlier run)")
+    parser.add_argument("--temperature", type=float, default=None, help="one temperature for every divergence (default: 4; DIST 1)")
     parser.add_argument("--subset", type=int, default=None, help="train on this many samples (smoke runs only)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "fashion_mnist")
     args = parser.parse_args()
@@ -57,12 +59,19 @@ def main() -> None:
     if args.subset:
         common.append(f"data.train_subset={args.subset}")
 
-    print("teacher", flush=True)
-    teacher = run_recipe(load_recipe(ROOT / "recipes" / "fashion_mnist_teacher.yaml", common + [
-        f"train.epochs={args.teacher_epochs}", f"output_dir={args.out / 'teacher'}"]),
-        overwrite=True, progress=sys.stderr.isatty(), measure_latency=False)
-    teacher_path = teacher.model_path
-    print(f"  teacher accuracy {teacher.metrics['accuracy']:.4f}, {teacher.train_seconds:.0f} s", flush=True)
+    if args.teacher is not None:  # an earlier run's teacher: its eval.json holds its metrics
+        import json
+
+        teacher_path = args.teacher
+        teacher_metrics = json.loads((args.teacher.parent / "eval.json").read_text())
+        teacher_seconds = teacher_metrics["train_seconds"]
+    else:
+        print("teacher", flush=True)
+        teacher = run_recipe(load_recipe(ROOT / "recipes" / "fashion_mnist_teacher.yaml", common + [
+            f"train.epochs={args.teacher_epochs}", f"output_dir={args.out / 'teacher'}"]),
+            overwrite=True, progress=sys.stderr.isatty(), measure_latency=False)
+        teacher_path, teacher_metrics, teacher_seconds = teacher.model_path, teacher.metrics, teacher.train_seconds
+    print(f"  teacher accuracy {teacher_metrics['accuracy']:.4f}, {teacher_seconds:.0f} s", flush=True)
 
     results: dict[str, dict[str, list[float]]] = {}
     student_params = None
@@ -76,6 +85,8 @@ def main() -> None:
                 overrides.append(f"losses={flow([{'name': 'cross_entropy', 'weight': 1.0}])}")
             else:
                 loss, temperature, params = VARIANTS[name]
+                if args.temperature is not None and loss not in ("mse",):
+                    temperature = args.temperature
                 overrides.append("losses=" + flow([{"name": loss, "weight": 0.9, "temperature": temperature, **params},
                                                    {"name": "cross_entropy", "weight": 0.1}]))
             recipe = load_recipe(ROOT / "recipes" / "fashion_mnist_distilled.yaml", overrides)
@@ -97,22 +108,26 @@ def main() -> None:
             f"| {name} | {fmt_mean_std(acc, '{:.2f}')} | {100 * (mean_std(r['accuracy'])[0] - base):+.2f} | "
             f"{fmt_mean_std([100 * a for a in r['agreement']], '{:.2f}')} | {fmt_mean_std(r['kl_to_teacher'], '{:.3f}')} | "
             f"{fmt_mean_std(r['train_seconds'], '{:.0f}')} |")
-    ratio = teacher.metrics["parameters"] / student_params
+    ratio = teacher_metrics["parameters"] / student_params
     markdown = "\n".join([
-        f"Teacher: CNN 32-64-128 + FC 256, {teacher.metrics['parameters']:,} parameters, "
-        f"{args.teacher_epochs} epochs (seed 0): test accuracy **{100 * teacher.metrics['accuracy']:.2f}%**. "
+        f"Teacher: CNN 32-64-128 + FC 256, {teacher_metrics['parameters']:,} parameters, "
+        f"{args.teacher_epochs} epochs (seed 0): test accuracy **{100 * teacher_metrics['accuracy']:.2f}%**. "
         f"Student: MLP 784-16-10, {student_params:,} parameters ({ratio:.1f}x fewer), {args.student_epochs} epochs, "
         f"AdamW lr 3e-3, cosine, batch 128; seeds {', '.join(map(str, args.seeds))}.",
         "",
         *table,
         "",
         "Each soft-target variant is 0.9 x the named loss + 0.1 x hard-label CE, teacher logits precomputed once "
-        "(no augmentation); temperatures: 4 for the divergences and DKD (T² scaled), 1 for DIST (its paper's tau), "
-        "none for MSE on logits. No per-loss tuning was done: one protocol for all.",
+        "(no augmentation); " + (f"temperature {args.temperature:g} for every loss but MSE (T² scaled)"
+                                 if args.temperature is not None else
+                                 "temperatures: 4 for the divergences and DKD (T² scaled), 1 for DIST (its paper's tau)")
+        + ", none for MSE on logits. No per-loss tuning was done: one protocol for all."
+        + (f" Teacher reused from {args.teacher}." if args.teacher is not None else ""),
     ])
     numbers = {"seeds": args.seeds, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-               "threads": args.threads, "teacher": teacher.metrics, "student_parameters": student_params, "results": results}
-    path = write_result("fashion_mnist_losses", numbers, markdown, started)
+               "threads": args.threads, "teacher": teacher_metrics, "student_parameters": student_params, "results": results}
+    name = "fashion_mnist_losses" + (f"_T{args.temperature:g}" if args.temperature is not None else "")
+    path = write_result(name, numbers, markdown, started)
     print(markdown)
     print(f"wrote {path}")
 

@@ -8,15 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from distill.evaluation import (
-    compare_to_teacher,
-    count_parameters,
-    evaluate,
-    expected_calibration_error,
-    measure_latency,
-    parameter_bytes,
-    predict,
-)
+from distill.evaluation import compare_to_teacher, evaluate, expected_calibration_error, measure_latency, predict
+from distill.models.utils import count_parameters, model_bytes
 
 
 def logits_of(probs: list[list[float]]) -> torch.Tensor:
@@ -104,7 +97,7 @@ def test_predict_uses_eval_mode_batches_and_restores_training():
 def test_sizes():
     model = Tiny()
     assert count_parameters(model) == 4 * 3 + 3
-    assert parameter_bytes(model) == (4 * 3 + 3) * 4 + 3 * 8
+    assert model_bytes(model) == (4 * 3 + 3) * 4 + 3 * 8
 
 
 def test_measure_latency_is_positive_and_records_threads():

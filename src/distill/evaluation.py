@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.models.utils import count_parameters, model_bytes
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -56,15 +58,6 @@ def compare_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> di
             F.kl_div(logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1), log_target=True, reduction="batchmean")
         ),
     }
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and buffers as stored in memory."""
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 @torch.inference_mode()
@@ -120,7 +113,7 @@ def evaluate(
         "accuracy": float((logits.argmax(-1) == target).float().mean()),
         "ece": expected_calibration_error(logits, target),
         "parameters": count_parameters(model),
-        "parameter_bytes": parameter_bytes(model),
+        "parameter_bytes": model_bytes(model),
     }
     if teacher_logits is not None:
         metrics.update(compare_to_teacher(logits, teacher_logits))
