@@ -1,8 +1,9 @@
 """Every recipe in ``recipes/`` validates, and runs through ``distill run`` for two steps.
 
-A recipe whose teacher checkpoint is another recipe's output (``<output_dir>/model.safetensors``)
-gets that recipe's two-step model as its teacher, so the smoke runs never depend on earlier
-full-length runs. Recipes reading ``../shared/data`` skip when it is absent (fail under CI=true).
+A recipe whose teacher or student checkpoint is another recipe's output
+(``<output_dir>/model.safetensors``) gets that recipe's two-step model instead, so the smoke runs
+never depend on earlier full-length runs. Post-training quantization recipes (``quantize.method:
+rtn``) train nothing: they run zero steps. Recipes reading ``../shared/data`` skip when it is absent (fail under CI=true).
 """
 from __future__ import annotations
 
@@ -67,14 +68,17 @@ class SmokeRuns:
         if root is not None and Path(root).as_posix().startswith(SHARED_PREFIX):
             parts = Path(root).as_posix()[len(SHARED_PREFIX):].strip("/").split("/")
             items.append(f"data.root={require_shared(*parts)}")
-        if recipe.teacher is not None and recipe.teacher.checkpoint is not None:
-            producer = _producer(recipe.teacher.checkpoint)
+        for role in ("teacher", "student"):
+            spec = getattr(recipe, role)
+            if spec is None or spec.checkpoint is None:
+                continue
+            producer = _producer(spec.checkpoint)
             if producer is None:
-                if not Path(recipe.teacher.checkpoint).is_file():
-                    pytest.fail(f"{path.name}: teacher.checkpoint {recipe.teacher.checkpoint} is made by no recipe "
+                if not Path(spec.checkpoint).is_file():
+                    pytest.fail(f"{path.name}: {role}.checkpoint {spec.checkpoint} is made by no recipe "
                                 "in recipes/ and does not exist")
             else:
-                items.append(f"teacher.checkpoint={self.run(producer)}")
+                items.append(f"{role}.checkpoint={self.run(producer)}")
         return items
 
     def run(self, path: Path) -> Path:
@@ -100,11 +104,18 @@ def test_recipe_runs_two_steps(path, smoke):
     for name in ("recipe.yaml", "metrics.jsonl", "model.safetensors", "eval.json", "report.md"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "eval.json").read_text())
-    assert metrics["train_steps"] == 2 and metrics["threads"] == 1
-    assert 0.0 <= metrics["accuracy"] <= 1.0
     recipe = load_recipe(path)
+    post_training = recipe.quantize is not None and recipe.quantize.method == "rtn"
+    assert metrics["train_steps"] == (0 if post_training else 2) and metrics["threads"] == 1
+    assert 0.0 <= metrics["accuracy"] <= 1.0
     ran = load_recipe(run_dir / "recipe.yaml")
-    # the smoke run trained the recipe's own models, objective and optimiser
-    assert ran.student == recipe.student and ran.losses == recipe.losses and ran.optimizer == recipe.optimizer
+    # the smoke run trained the recipe's own models, objective and optimiser (a student checkpoint
+    # made by another recipe is that recipe's smoke model)
+    same_student = ran.student.model_copy(update={"checkpoint": recipe.student.checkpoint})
+    assert same_student == recipe.student and ran.losses == recipe.losses and ran.optimizer == recipe.optimizer
+    assert ran.quantize == recipe.quantize
     if recipe.teacher is not None:
         assert "agreement" in metrics
+    if recipe.quantize is not None:  # the packed low-bit model, checked against the fake-quantized one
+        assert (run_dir / "model.packed.safetensors").is_file()
+        assert metrics["packed_accuracy"] == metrics["accuracy"] and metrics["quantized_bytes"] < metrics["fp32_bytes"]

@@ -3,6 +3,12 @@
 A distill model file is a ``.safetensors`` file whose metadata holds, under the key
 ``distill``, a JSON object ``{"model": name, "params": {...}, "input_shape": [C, H, W],
 "num_classes": K, ...}``. Loading never unpickles anything.
+
+A quantized model (``distill.quant``) carries its :class:`~distill.quant.QuantConfig` in the
+spec as ``"quantize"``: :func:`load_model` rebuilds the float model, ``prepare``s it with that
+config and loads the fake-quantized weights and quantizer parameters. A packed file
+(``model.packed.safetensors``, written by :func:`distill.quant.save_packed` with the same spec)
+loads as the converted model: integer codes, dequantized in the forward.
 """
 from __future__ import annotations
 
@@ -88,6 +94,46 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
+def quant_config_dict(config) -> dict[str, Any]:
+    """A QuantConfig as the JSON-ready ``spec["quantize"]``: every field, except that each
+    override keeps only the fields written in it (those are the ones it applies)."""
+    tree = config.model_dump(mode="json")
+    tree["overrides"] = {pattern: override.model_dump(mode="json", exclude_unset=True)
+                         for pattern, override in config.overrides.items()}
+    return tree
+
+
+def is_packed_file(path: str | Path) -> bool:
+    """True for a packed quantized model file (:func:`distill.quant.save_packed`)."""
+    from distill.quant.api import FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path} is not a readable .safetensors file: {exc}") from exc
+
+
+def load_into(model: nn.Module, path: str | Path, spec: dict[str, Any]) -> nn.Module:
+    """Load the distill model file ``path`` into ``model``, a float instance of ``spec``'s model.
+
+    A quantized file (``spec["quantize"]``) first ``prepare``s the model with its config; a
+    packed file swaps in the packed layers (:func:`distill.quant.load_packed`). Returns ``model``.
+    """
+    if is_packed_file(path):
+        from distill.quant import load_packed
+
+        try:
+            return load_packed(path, model)
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{path} does not fit the model: {exc}") from exc
+    if spec.get("quantize") is not None:
+        from distill.quant import prepare
+
+        prepare(model, spec["quantize"])
+    return load_weights(model, path)
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a distill model file; returns ``(model in eval mode, spec)``."""
     from distill.models import build_model
@@ -96,5 +142,5 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(
         spec["model"], input_shape=tuple(spec["input_shape"]), num_classes=spec["num_classes"], **spec.get("params", {})
     )
-    load_weights(model, path)
+    load_into(model, path, spec)
     return model.eval(), spec

@@ -173,6 +173,12 @@ def eval_(
             teacher_logits = predict(teacher_model, dataset.inputs)
             rows.append((f"teacher ({teacher.name})", evaluate(teacher_model, dataset.inputs, dataset.targets, file=teacher)))
         metrics = evaluate(student, dataset.inputs, dataset.targets, teacher_logits=teacher_logits, file=model)
+        from distill.runner import is_quantized
+
+        if is_quantized(student):  # fake-quantized or packed: its true packed size
+            from distill.quant import size_report
+
+            metrics["quantized_bytes"] = size_report(student)["total_bytes"]
         rows.append((model.name, metrics))
     except _user_errors() as exc:
         _fail(str(exc))

@@ -6,11 +6,14 @@
     metrics.jsonl       training and per-epoch test metrics
     checkpoints/        resumable training checkpoints (safetensors + weights-only state)
     model.safetensors   the final student, with the spec that rebuilds it
+    model.packed.safetensors  quantized runs (recipe ``quantize:``): the integer codes, scales and
+                        zero points in ONNX Runtime's MatMulNBits layout, checked after loading back
     eval.json           final evaluation on the test split
     report.md           a short human-readable report
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -24,19 +27,24 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch import nn
 
-from distill.artifacts import atomic_write, load_weights, read_spec, save_model
+from distill.artifacts import METADATA_KEY, atomic_write, is_packed_file, load_into, load_model, quant_config_dict, read_spec, save_model
 from distill.data import build_dataset
 from distill.data.augment import RandomCropFlip, RandomShift
 from distill.data.loader import InMemoryLoader
 from distill.distiller import Distiller, LossTerm
 from distill.evaluation import evaluate, predict
 from distill.models import build_model
+from distill.quant import PackedConv2d, PackedLinear, QuantConv2d, QuantLinear, calibrate, convert, prepare
+from distill.quant import quant_parameters, quantize_rtn, save_packed, size_report
+from distill.quant.ptq import learned_activation_quantizers
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_files
 from distill.training.checkpoint import latest_checkpoint
-from distill.training.loop import TrainState, train
+from distill.training.loop import MetricsLog, TrainState, train
 from distill.training.optim import build_optimizer, build_scheduler
 
 MODEL_FILE = "model.safetensors"
+PACKED_FILE = "model.packed.safetensors"
+PACKED_ACCURACY_TOLERANCE = 1e-3  # packed vs fake-quantized test accuracy (the logits agree to ~1e-6)
 
 
 @dataclass
@@ -74,8 +82,75 @@ def build_from_spec(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: 
     except (ValueError, TypeError, KeyError) as exc:
         raise RecipeError(f"field '{role}': {exc}") from None
     if spec.checkpoint is not None:
-        load_weights(model, spec.checkpoint)
+        load_into(model, spec.checkpoint, rebuild)  # a quantized file is re-prepared, a packed one unpacked
     return model, rebuild
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when ``model`` has fake-quantized (prepared) or packed (converted) layers."""
+    return any(isinstance(m, (QuantLinear, QuantConv2d, PackedLinear, PackedConv2d)) for m in model.modules())
+
+
+def _endless_batches(loader: InMemoryLoader):
+    epoch = 0
+    while True:
+        yield from loader.epoch_batches(epoch)
+        epoch += 1
+
+
+def quantize_student(recipe: Recipe, student: nn.Module, train_set) -> nn.Module:
+    """Apply the recipe's ``quantize:`` section to the float ``student``, in place.
+
+    ``qat``: :func:`distill.quant.prepare`, then learned activation ranges calibrated on the first
+    training batches; ``rtn``: :func:`distill.quant.quantize_rtn` (clipping search when
+    ``weight_init`` is ``mse``) calibrated on the same batches. Calibration sees the global batch
+    (rank 0 of 1), so every process computes the same ranges before DDP wraps the model.
+    """
+    config = recipe.quantize.config()
+    data = recipe.data
+    count = max([config.calibration_batches] + [o.calibration_batches for o in config.overrides.values()
+                                                 if o.calibration_batches is not None])
+    calibration_loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
+                                        augment=build_augment(data.augment))
+    batches = itertools.islice(_endless_batches(calibration_loader), count)
+    try:
+        if recipe.quantize.method == "rtn":
+            return quantize_rtn(student, config, batches, clip_search=config.weight_init == "mse")
+        prepare(student, config)
+    except ValueError as exc:
+        raise RecipeError(f"field 'quantize': {exc}") from None
+    if learned_activation_quantizers(student):
+        calibrate(student, batches)
+    return student
+
+
+def write_packed(model: nn.Module, path: Path, spec: dict[str, Any], inputs: torch.Tensor, target: torch.Tensor,
+                 *, fake_quant_accuracy: float, batch_size: int = 512) -> dict[str, Any]:
+    """Convert the fake-quantized ``model`` to packed integers, write them to ``path``, load the
+    file back into a fresh model and check its test accuracy against the fake-quantized one.
+
+    Returns ``quantized_bytes`` (the true packed size, :func:`distill.quant.size_report`),
+    ``fp32_bytes``, ``compression``, ``packed_accuracy``, ``packed_max_abs_logit_diff``,
+    ``packed_file_bytes`` and ``quantized_layers`` (path -> weight bits). Raises RuntimeError when
+    the accuracies differ by more than ``PACKED_ACCURACY_TOLERANCE``.
+    """
+    packed = convert(model)
+    sizes = size_report(packed)
+    atomic_write(path, lambda tmp: save_packed(packed, tmp, metadata={METADATA_KEY: spec}))
+    reloaded = load_model(path)[0].cpu()
+    logits = predict(reloaded, inputs, batch_size)
+    accuracy = float((logits.argmax(-1) == target).float().mean())
+    max_diff = float((logits - predict(model, inputs, batch_size)).abs().max())
+    if abs(accuracy - fake_quant_accuracy) > PACKED_ACCURACY_TOLERANCE:
+        raise RuntimeError(
+            f"{path}: the packed model's test accuracy {accuracy:.4%} differs from the fake-quantized model's "
+            f"{fake_quant_accuracy:.4%} (max |logit difference| {max_diff:.3g}): the packed codes do not reproduce "
+            "the trained model"
+        )
+    return {"quantized_bytes": sizes["total_bytes"], "fp32_bytes": sizes["fp32_bytes"],
+            "compression": sizes["compression"], "packed_accuracy": accuracy, "packed_max_abs_logit_diff": max_diff,
+            "packed_file_bytes": Path(path).stat().st_size,
+            "quantized_layers": {layer: entry["bits"] for layer, entry in sizes["layers"].items()}}
 
 
 def build_augment(spec: AugmentSpec | None):
@@ -178,7 +253,20 @@ def run_recipe(
     train_set, test_set = load_data(recipe)
     shape, classes = tuple(train_set.input_shape), train_set.num_classes
 
+    if recipe.student.checkpoint is not None and is_packed_file(recipe.student.checkpoint):
+        raise RecipeError(f"field 'student.checkpoint': {recipe.student.checkpoint} is a packed quantized model, which "
+                          "cannot be trained; give the run's model.safetensors (fake-quantized) or a float model")
     student, student_spec = build_from_spec(recipe.student, shape, classes, "student")
+    quantize = recipe.quantize
+    rtn = quantize is not None and quantize.method == "rtn"
+    if quantize is not None:
+        if is_quantized(student):
+            raise RecipeError(
+                f"field 'student.checkpoint': {recipe.student.checkpoint} is already quantized, but 'quantize' starts "
+                "from a float model: give the float checkpoint, or remove 'quantize' to train this model as it is"
+            )
+        quantize_student(recipe, student, train_set)
+        student_spec = {**student_spec, "quantize": quant_config_dict(quantize.config())}
     teacher = build_teacher(recipe, shape, classes)
     if teacher is not None:
         teacher.to(accelerator.device)
@@ -188,7 +276,7 @@ def run_recipe(
     if teacher is not None and accelerator.is_main_process:  # for agreement / KL in evaluations
         teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
     teacher_outputs = None
-    if teacher is not None and any("teacher" in term.needs for term in terms):
+    if teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
         if recipe.teacher.precompute:
             teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
         elif recipe.teacher.cache is not None:
@@ -213,9 +301,13 @@ def run_recipe(
         total_steps = recipe.train.steps
     else:
         total_steps = recipe.train.epochs * len(loader) // recipe.train.grad_accum
-    optimizer = build_optimizer(recipe.optimizer, student.parameters())
-    scheduler = build_scheduler(recipe.schedule, optimizer, total_steps)
-    student, optimizer = accelerator.prepare(student, optimizer)
+    if rtn:  # post-training rounding: no optimiser, no loop
+        student.to(accelerator.device)
+    else:  # the quantizers' steps and zero points are kept out of weight decay
+        optimizer = build_optimizer(recipe.optimizer, student.parameters(), no_weight_decay=quant_parameters(student),
+                                    no_weight_decay_lr_scale=quantize.step_lr_scale if quantize is not None else 1.0)
+        scheduler = build_scheduler(recipe.schedule, optimizer, total_steps)
+        student, optimizer = accelerator.prepare(student, optimizer)
     distiller.student = student
 
 
@@ -228,12 +320,17 @@ def run_recipe(
         return record
 
     started = time.perf_counter()
-    state = train(
-        distiller, loader, optimizer, scheduler, recipe.train,
-        accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
-        fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
-    )
-    train_seconds = time.perf_counter() - started
+    if rtn:
+        state, train_seconds = TrainState(), 0.0
+        MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process).write(
+            {"step": 0, "epoch": 0, "split": "test", **(evaluate_epoch(0) if accelerator.is_main_process else {})})
+    else:
+        state = train(
+            distiller, loader, optimizer, scheduler, recipe.train,
+            accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
+            fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
+        )
+        train_seconds = time.perf_counter() - started
 
     model = accelerator.unwrap_model(student).eval()
     model_path = run_dir / MODEL_FILE
@@ -244,6 +341,11 @@ def run_recipe(
             model.cpu(), test_inputs, test_target, teacher_logits=teacher_test_logits, file=model_path,
             latency=measure_latency, batch_size=data.eval_batch_size,
         )
+        if is_quantized(model):  # the real low-bit artifact, verified against the fake-quantized model
+            metrics.update(write_packed(model, run_dir / PACKED_FILE, student_spec, test_inputs, test_target,
+                                        fake_quant_accuracy=metrics["accuracy"], batch_size=data.eval_batch_size))
+        if quantize is not None:
+            metrics["quantize_method"] = quantize.method
         metrics.update(
             {"train_steps": state.step, "train_samples": state.samples, "train_seconds": train_seconds,
              "samples_per_s": state.samples / train_seconds if train_seconds > 0 and not resume else None,

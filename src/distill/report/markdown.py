@@ -15,6 +15,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("ece", "ECE", "{:.4f}"),
     ("parameters", "parameters", "{:,}"),
     ("file_bytes", "size on disk", "{}"),
+    ("quantized_bytes", "quantized size", "{}"),
     ("latency_b1_ms", "latency b=1 (ms/sample)", "{:.4f}"),
     ("latency_b64_ms", "latency b=64 (ms/sample)", "{:.5f}"),
 ]
@@ -100,6 +101,15 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
         f"- objective: {losses}",
         f"- trained {metrics.get('train_steps')} steps in {metrics.get('train_seconds', 0):.1f} s on "
         f"{metrics.get('threads')} thread(s); seed {recipe.seed}",
+    ]
+    quantize = getattr(recipe, "quantize", None)
+    if quantize is not None and "quantized_bytes" in metrics:
+        text.append(
+            f"- quantized ({quantize.method}): weights {', '.join(f'{p} {b}-bit' for p, b in metrics['quantized_layers'].items())}; "
+            f"packed {human_bytes(metrics['quantized_bytes'])} vs fp32 {human_bytes(metrics['fp32_bytes'])} "
+            f"({metrics['compression']:.1f}x), packed-model accuracy {metrics['packed_accuracy']:.2%} "
+            "(`model.packed.safetensors`)")
+    text += [
         "",
         "## Test split",
         "",

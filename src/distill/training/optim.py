@@ -10,9 +10,23 @@ from torch.optim.lr_scheduler import LambdaLR
 from distill.recipe import OptimizerSpec, ScheduleSpec
 
 
-def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov), Adam or AdamW from ``spec``."""
+def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *,
+                    no_weight_decay: Iterable[torch.nn.Parameter] = (), no_weight_decay_lr_scale: float = 1.0,
+                    ) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov), Adam or AdamW from ``spec``.
+
+    ``no_weight_decay``: parameters among ``params`` put in a second parameter group with
+    ``weight_decay=0`` and ``lr * no_weight_decay_lr_scale`` (the quantizers' step sizes and zero
+    points: decay would pull a step size to 0, and Adam moves each of them by about ``lr`` per
+    step whatever its size).
+    """
     params = [p for p in params if p.requires_grad]
+    exempt = {id(p) for p in no_weight_decay}
+    if exempt & {id(p) for p in params}:
+        groups = [{"params": [p for p in params if id(p) not in exempt]},
+                  {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0,
+                   "lr": spec.lr * no_weight_decay_lr_scale}]
+        params = [group for group in groups if group["params"]]
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay)
     if spec.name == "adam":
