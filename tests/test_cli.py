@@ -156,3 +156,15 @@ def test_console_script_validate(tmp_path):
     assert bad.returncode == 2
     assert "field 'trian'" in bad.stderr and "did you mean 'train'?" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_inspect_lists_module_paths_with_shapes():
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", "cnn", "--params", "{channels: [8, 16]}"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "stages.1" in result.output and "(2, 16, 2, 2)" in result.output
+    bad = CliRunner().invoke(app, ["inspect", "cnn", "--params", "{chanels: [8]}"], terminal_width=200)
+    assert bad.exit_code == 2 and "channels" in bad.output

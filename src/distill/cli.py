@@ -134,6 +134,42 @@ def cache(
 
 
 @app.command()
+def inspect(
+    model: str = typer.Argument(..., help="a distill model file (.safetensors) or a registered model name"),
+    data: str = typer.Option("digits", help="dataset whose input shape and classes a named model is built for"),
+    root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),
+    params: str = typer.Option("{}", help='a named model\'s parameters as YAML, e.g. "{channels: [16, 32]}"'),
+    depth: Optional[int] = typer.Option(None, help="show module paths down to this depth only"),
+) -> None:
+    """Print a model's module paths with their output shapes (for feature pairs and quantize patterns)."""
+    import torch
+    import yaml
+
+    from distill.artifacts import load_model
+    from distill.data import build_dataset
+    from distill.models import build_model
+    from distill.taps import list_paths
+
+    try:
+        if model.endswith(".safetensors"):
+            built, spec = load_model(model)
+            sample = torch.zeros(2, *spec["input_shape"])
+        else:
+            dataset = build_dataset(data, "test", root=root)
+            built = build_model(model, input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes,
+                                **(yaml.safe_load(params) or {}))
+            sample = dataset.inputs[:2]
+    except _user_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"{type(built).__name__}: module paths (output shapes for a batch of 2)", title_justify="left")
+    for column in ("path", "module", "output shape"):
+        table.add_column(column)
+    for path, kind, shape in list_paths(built, sample, max_depth=depth):
+        table.add_row(path or "(model)", kind, "-" if shape is None else str(tuple(shape)))
+    console.print(table)
+
+
+@app.command()
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),

@@ -56,6 +56,9 @@ class Distiller:
         terms: the weighted loss terms; terms that need a teacher require one.
         teacher_outputs: (N, K) teacher logits for every training sample, precomputed; used
             instead of the teacher's forward, looked up by ``batch["index"]`` (sample ids).
+        features: intermediate-layer terms (:class:`distill.intermediate.FeatureDistillation`);
+            then ``student`` is its ``StudentWithHeads`` (possibly wrapped by DDP), called with
+            the teacher's features, and each term's value is reported as ``feature/<loss>``.
     """
 
     def __init__(
@@ -65,9 +68,11 @@ class Distiller:
         terms: list[LossTerm],
         *,
         teacher_outputs: torch.Tensor | None = None,
+        features=None,
     ) -> None:
         self.student = student
         self.teacher_outputs = teacher_outputs
+        self.features = features  # a distill.intermediate.FeatureDistillation, or None
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self.terms = terms
         if not terms:
@@ -78,7 +83,7 @@ class Distiller:
         keys = [term.key for term in terms]
         if len(set(keys)) != len(keys):
             raise ValueError(f"each loss may appear once; got {keys}")
-        self.needs_teacher = bool(needy)
+        self.needs_teacher = bool(needy) or features is not None
 
     def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Teacher forward in inference mode: (B, ...) -> (B, K), no autograd history."""
@@ -91,7 +96,6 @@ class Distiller:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs, target = batch["input"], batch.get("target")
-        student_logits = self.student(inputs)
         teacher_logits = None
         if self.needs_teacher:
             if self.teacher_outputs is not None:
@@ -100,11 +104,19 @@ class Distiller:
                 teacher_logits = self.teacher_outputs[batch["index"]]
             else:
                 teacher_logits = self.teacher_logits(inputs)
+        if self.features is not None:  # the teacher's taps fired during its forward above
+            student_logits = self.student(inputs, self.features.teacher_features())
+        else:
+            student_logits = self.student(inputs)
         out: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
             value = term.fn(student_logits, teacher_logits, target, temperature=term.temperature, **term.params)
             out[term.key] = value.detach()
             total = total + term.weight * value
+        if self.features is not None:
+            for key, weight, value in self.features.losses(self.features.module.outputs, teacher_logits, target):
+                out[key] = value.detach()
+                total = total + weight * value
         out["loss"] = total
         return out

@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
@@ -134,6 +134,36 @@ class LossSpec(_Strict):
         return dict(self.model_extra or {})
 
 
+class FeatureSpec(_Strict):
+    """One intermediate-layer term: ``weight * mean over pairs of loss(student feature, teacher feature)``.
+
+    ``pairs``: ``auto`` (the student's stages spread uniformly over the teacher's) or a list of
+    ``[student module path, teacher module path]`` (see ``distill inspect``). ``projector``:
+    how a student feature is mapped to the teacher's shape where the loss needs it.
+    """
+
+    loss: str
+    weight: float = 1.0
+    pairs: Union[Literal["auto"], list[tuple[str, str]]] = "auto"
+    projector: Literal["auto", "linear", "mlp"] = "auto"
+    hidden: Optional[int] = Field(None, ge=1, description="hidden width of mlp projectors and heads")
+    embedding_dim: int = Field(128, ge=1, description="crd: shared embedding size")
+    params: dict[str, Any] = Field(default_factory=dict, description="the loss's own parameters")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_feature_loss(cls, name: str) -> str:
+        from distill.losses import FEATURE_LOSSES
+
+        if name not in FEATURE_LOSSES:
+            hint = closest(name, list(FEATURE_LOSSES))
+            raise ValueError(
+                f"unknown feature loss {name!r}" + (f"; did you mean {hint!r}?" if hint else ".")
+                + f" Valid feature losses: {', '.join(sorted(FEATURE_LOSSES))}"
+            )
+        return name
+
+
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -214,6 +244,7 @@ class Recipe(_Strict):
     teacher: Optional[TeacherSpec] = None
     student: ModelSpec
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="cross_entropy")])
+    features: list[FeatureSpec] = Field(default_factory=list, description="intermediate-layer terms (need a teacher)")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -241,6 +272,13 @@ class Recipe(_Strict):
         if not self.losses:
             raise ValueError("'losses' is empty: give at least one term, e.g. [{name: cross_entropy}]")
         teacher = self.teacher
+        if self.features and teacher is None:
+            raise ValueError("'features' compare the student's layers with the teacher's, but 'teacher' is not set")
+        if self.features and (teacher.precompute or teacher.cache):
+            raise ValueError(
+                "'features' read the live teacher's internal layers every step: remove teacher.precompute / "
+                "teacher.cache, or remove 'features'"
+            )
         if teacher is not None and (teacher.precompute or teacher.cache) and self.data.augment is not None:
             which = "teacher.precompute" if teacher.precompute else "teacher.cache"
             raise ValueError(

@@ -287,7 +287,18 @@ def run_recipe(
                 teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=False)
         if teacher_outputs is not None:
             teacher = None  # its outputs are all the loop needs: free its memory
-    distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs)
+    features = None
+    if recipe.features:  # the student trains inside a wrapper that also holds the feature heads
+        from distill.intermediate import FeatureDistillation, FeatureTerm
+
+        sample = train_set.inputs[: min(16, len(train_set))].to(accelerator.device)
+        try:
+            features = FeatureDistillation(
+                student, teacher, [FeatureTerm(**spec.model_dump()) for spec in recipe.features], sample, classes)
+        except ValueError as exc:
+            raise RecipeError(f"field 'features': {exc}") from None
+    distiller = Distiller(features.module if features else student, teacher, terms, teacher_outputs=teacher_outputs,
+                          features=features)
     if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
 
@@ -304,10 +315,11 @@ def run_recipe(
     if rtn:  # post-training rounding: no optimiser, no loop
         student.to(accelerator.device)
     else:  # the quantizers' steps and zero points are kept out of weight decay
-        optimizer = build_optimizer(recipe.optimizer, student.parameters(), no_weight_decay=quant_parameters(student),
+        trainable = distiller.student  # the student, or the student with its feature heads
+        optimizer = build_optimizer(recipe.optimizer, trainable.parameters(), no_weight_decay=quant_parameters(student),
                                     no_weight_decay_lr_scale=quantize.step_lr_scale if quantize is not None else 1.0)
         scheduler = build_scheduler(recipe.schedule, optimizer, total_steps)
-        student, optimizer = accelerator.prepare(student, optimizer)
+        student, optimizer = accelerator.prepare(trainable, optimizer)
     distiller.student = student
 
 
@@ -325,14 +337,21 @@ def run_recipe(
         MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process).write(
             {"step": 0, "epoch": 0, "split": "test", **(evaluate_epoch(0) if accelerator.is_main_process else {})})
     else:
-        state = train(
-            distiller, loader, optimizer, scheduler, recipe.train,
-            accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
-            fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
-        )
+        try:
+            state = train(
+                distiller, loader, optimizer, scheduler, recipe.train,
+                accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
+                fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step,
+                progress=progress,
+            )
+        finally:
+            if features is not None:  # never leave hooks on the user's models, even when interrupted
+                features.remove()
         train_seconds = time.perf_counter() - started
 
     model = accelerator.unwrap_model(student).eval()
+    if features is not None:  # the exported student leaves the feature heads behind
+        model = model.student
     model_path = run_dir / MODEL_FILE
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
