@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn a large teacher into a small, fast student.")
-console = Console()
+# tables are wide: outside a terminal (logs, CI) rich would wrap them at 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 DEFAULT_CACHE = Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
