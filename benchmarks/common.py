@@ -42,6 +42,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def flow(value: Any) -> str:
+    """A Python value as a YAML flow literal, for a ``key=value`` recipe override."""
+    return json.dumps(value)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
+from common import ROOT, flow, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
 
 from distill.recipe import load_recipe  # noqa: E402
 from distill.runner import run_recipe  # noqa: E402
@@ -34,12 +34,6 @@ VARIANTS = {
     "mse (logits)": ("mse", 1.0, {}),
 }
 
-
-def flow(value) -> str:
-    """A Python value as a YAML flow literal for a key=value override."""
-    import json
-
-    return json.dumps(value)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
+from common import ROOT, flow, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
 
 from distill.recipe import load_recipe  # noqa: E402
 from distill.runner import run_recipe  # noqa: E402
@@ -48,10 +48,6 @@ METHODS = ("RTN min/max", "RTN + clip search", "QAT (no teacher)", "QAD")
 KD_LOSSES = [{"name": "kl", "weight": 0.9, "temperature": 4.0}, {"name": "cross_entropy", "weight": 0.1}]
 CE_LOSS = [{"name": "cross_entropy", "weight": 1.0}]
 
-
-def flow(value) -> str:
-    """A Python value as a YAML flow literal for a key=value override."""
-    return json.dumps(value)
 
 
 def setups(dataset: str) -> dict[str, dict]:

@@ -34,6 +34,15 @@ def _lookup(registry, name: str) -> None:
         raise ValueError(str(exc)) from None
 
 
+def _known_name(name: str, valid, kind: str, plural: str) -> str:
+    """``name`` if it is among ``valid``; else ValueError with the closest spelling and the list."""
+    if name not in valid:
+        hint = closest(name, list(valid))
+        raise ValueError(f"unknown {kind} {name!r}" + (f"; did you mean {hint!r}?" if hint else ".")
+                         + f" Valid {plural}: {', '.join(sorted(valid))}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -121,13 +130,7 @@ class LossSpec(_Strict):
     def _known_loss(cls, name: str) -> str:
         from distill.losses import LOGIT_LOSSES
 
-        if name not in LOGIT_LOSSES:
-            hint = closest(name, list(LOGIT_LOSSES))
-            raise ValueError(
-                f"unknown loss {name!r}" + (f"; did you mean {hint!r}?" if hint else ".")
-                + f" Valid losses: {', '.join(sorted(LOGIT_LOSSES))}"
-            )
-        return name
+        return _known_name(name, LOGIT_LOSSES, "loss", "losses")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -155,13 +158,7 @@ class FeatureSpec(_Strict):
     def _known_feature_loss(cls, name: str) -> str:
         from distill.losses import FEATURE_LOSSES
 
-        if name not in FEATURE_LOSSES:
-            hint = closest(name, list(FEATURE_LOSSES))
-            raise ValueError(
-                f"unknown feature loss {name!r}" + (f"; did you mean {hint!r}?" if hint else ".")
-                + f" Valid feature losses: {', '.join(sorted(FEATURE_LOSSES))}"
-            )
-        return name
+        return _known_name(name, FEATURE_LOSSES, "feature loss", "feature losses")
 
 
 class OptimizerSpec(_Strict):
