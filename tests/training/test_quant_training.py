@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from test_training import assert_same_weights, make_recipe, records, run, weights
+from test_training import assert_same_weights, make_recipe, records, run, trained_mlp, weights
 
 from distill.artifacts import load_model, read_spec
 from distill.cli import app
@@ -31,10 +31,7 @@ W4 = {"method": "qat", "weight_bits": 4, "group_size": 32, "activation_bits": 8,
 @pytest.fixture(scope="module")
 def fp_model(tmp_path_factory) -> Path:
     """A float MLP 64-64-10 trained for 60 steps: the teacher and the starting point."""
-    out = tmp_path_factory.mktemp("fp") / "run"
-    result = run(make_recipe(out, "train.steps=60", student={"model": "mlp", "params": {"hidden": [64]}}))
-    assert result.metrics["accuracy"] > 0.85
-    return result.model_path
+    return trained_mlp(tmp_path_factory, 64, 0.85)
 
 
 def qad_recipe(out: Path, fp_model: Path, *overrides: str, **quantize):

@@ -56,13 +56,18 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
 
 
+def trained_mlp(tmp_path_factory, hidden: int, min_accuracy: float) -> Path:
+    """A float MLP 64-``hidden``-10 trained on digits for 60 steps; its model file."""
+    out = tmp_path_factory.mktemp(f"mlp{hidden}") / "run"
+    result = run(make_recipe(out, "train.steps=60", student={"model": "mlp", "params": {"hidden": [hidden]}}))
+    assert result.metrics["accuracy"] > min_accuracy
+    return result.model_path
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
     """A small MLP teacher trained for 60 steps (about 90% test accuracy on digits)."""
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    result = run(make_recipe(out, "train.steps=60", student={"model": "mlp", "params": {"hidden": [32]}}))
-    assert result.metrics["accuracy"] > 0.8
-    return result.model_path
+    return trained_mlp(tmp_path_factory, 32, 0.8)
 
 
 # ----------------------------------------------------------------------------- determinism

@@ -20,10 +20,15 @@ class _QuantMixin:
     weight_quantizer: WeightQuantizer
     input_quantizer: ActivationQuantizer | None
 
-    def _attach(self, weight_quantizer: WeightQuantizer, input_quantizer: ActivationQuantizer | None) -> None:
+    def _adopt(self, source: nn.Module, weight_quantizer: WeightQuantizer,
+               input_quantizer: ActivationQuantizer | None) -> "_QuantMixin":
+        """Take ``source``'s own weight and bias Parameters and train/eval mode, attach the quantizers."""
+        self.weight, self.bias = source.weight, source.bias
+        self.train(source.training)
         self.weight_quantizer = weight_quantizer
         self.input_quantizer = input_quantizer
         weight_quantizer.initialize(self.weight)
+        return self
 
     def reset_quantizers(self) -> None:
         """Re-initialise the weight quantizer from the current weight (e.g. after loading float weights)."""
@@ -43,10 +48,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def from_float(cls, linear: nn.Linear, weight_quantizer: WeightQuantizer,
                    input_quantizer: ActivationQuantizer | None = None) -> "QuantLinear":
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        layer.weight, layer.bias = linear.weight, linear.bias
-        layer.train(linear.training)
-        layer._attach(weight_quantizer, input_quantizer)
-        return layer
+        return layer._adopt(linear, weight_quantizer, input_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
@@ -61,10 +63,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                     dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                     padding_mode=conv.padding_mode, device="meta")
-        layer.weight, layer.bias = conv.weight, conv.bias
-        layer.train(conv.training)
-        layer._attach(weight_quantizer, input_quantizer)
-        return layer
+        return layer._adopt(conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self._quantize_input(x), self.quantized_weight(), self.bias)
