@@ -83,13 +83,57 @@ class CacheSpec(_Strict):
     shard_size: int = Field(16384, ge=1)
 
 
+class EnsembleMemberSpec(ModelSpec):
+    """One teacher of an ensemble: a model spec and its weight in ``mean`` / ``logit_mean``."""
+
+    weight: float = Field(1.0, gt=0)
+
+
 class TeacherSpec(ModelSpec):
     """The teacher: like a model spec, plus where its outputs come from during training:
     ``precompute`` runs it once over the training set and keeps its logits in memory; ``cache``
-    stores them on disk for many runs. Both need data without random augmentation."""
+    stores them on disk for many runs. Both need data without random augmentation.
+
+    Several teachers: ``ensemble`` lists them (instead of ``model`` / ``checkpoint``) and
+    ``combine`` says how their logits become one teacher's, per sample: ``mean`` (the weighted
+    mixture of their probabilities), ``logit_mean`` (weighted mean of logits) or ``confident``
+    (the member most sure of its top-1 class); see :mod:`distill.ensemble`."""
 
     precompute: bool = False
     cache: Optional[CacheSpec] = None
+    ensemble: Optional[list[EnsembleMemberSpec]] = Field(None, description="two or more teachers, combined")
+    combine: Literal["mean", "logit_mean", "confident"] = "mean"
+
+    @model_validator(mode="after")
+    def _model_or_checkpoint(self) -> "TeacherSpec":  # replaces ModelSpec's: an ensemble needs neither
+        if self.ensemble is None:
+            if self.model is None and self.checkpoint is None:
+                raise ValueError("give 'model' and/or 'checkpoint' (the teacher's trained weights), or 'ensemble' "
+                                 "(a list of teachers)")
+            return self
+        if self.model is not None or self.checkpoint is not None or self.params:
+            raise ValueError("give either one teacher ('model' / 'checkpoint' / 'params') or 'ensemble', not both")
+        if len(self.ensemble) < 2:
+            raise ValueError(f"'ensemble' lists {len(self.ensemble)} teacher; give two or more (or one teacher "
+                             "as 'checkpoint')")
+        if self.combine == "confident" and len({member.weight for member in self.ensemble}) > 1:
+            raise ValueError("combine 'confident' picks one teacher per sample and uses no weights: drop the "
+                             "members' 'weight' or use combine 'mean' / 'logit_mean'")
+        return self
+
+    def members(self) -> list[tuple[str, ModelSpec]]:
+        """``(field name, spec)`` of each teacher: ``[("teacher", self)]`` or the ensemble's members."""
+        if self.ensemble is None:
+            return [("teacher", self)]
+        return [(f"teacher.ensemble.{index}", member) for index, member in enumerate(self.ensemble)]
+
+    def describe(self) -> str:
+        """One line for reports: the model and checkpoint of each teacher."""
+        parts = [" from ".join(part for part in (spec.model, spec.checkpoint) if part) for _, spec in self.members()]
+        if self.ensemble is None:
+            return parts[0]
+        weights = [member.weight for member in self.ensemble]
+        return f"ensemble ({self.combine}, weights {weights}) of " + "; ".join(parts)
 
 
 class AugmentSpec(_Strict):
@@ -271,6 +315,13 @@ class Recipe(_Strict):
         teacher = self.teacher
         if self.features and teacher is None:
             raise ValueError("'features' compare the student's layers with the teacher's, but 'teacher' is not set")
+        if teacher is not None and teacher.ensemble is not None:
+            auto = [index for index, spec in enumerate(self.features) if spec.pairs == "auto"]
+            if auto:
+                raise ValueError(
+                    f"features {auto} use pairs 'auto', which cannot choose among an ensemble's teachers: list the "
+                    "pairs, the teacher side prefixed by its member, e.g. pairs: [[stages.1, teachers.0.layer2]]"
+                )
         if self.features and (teacher.precompute or teacher.cache):
             raise ValueError(
                 "'features' read the live teacher's internal layers every step: remove teacher.precompute / "
@@ -458,9 +509,9 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
 def check_files(recipe: Recipe, base: Path | None = None) -> None:
     """Refuse a recipe whose files are missing, naming the field and the path."""
     problems = []
-    for role in ("teacher", "student"):
-        spec: ModelSpec | None = getattr(recipe, role)
-        if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
+    specs = [("student", recipe.student)] + (recipe.teacher.members() if recipe.teacher is not None else [])
+    for role, spec in specs:
+        if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
             problems.append(f"field '{role}.checkpoint': file {spec.checkpoint} does not exist")
     if recipe.data.root is not None and not Path(recipe.data.root).exists():
         problems.append(f"field 'data.root': folder {recipe.data.root} does not exist")

@@ -172,12 +172,19 @@ def load_data(recipe: Recipe):
 
 
 def build_teacher(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int) -> nn.Module | None:
-    """The recipe's trained teacher (None without one)."""
+    """The recipe's trained teacher (None without one); an ``ensemble`` gives an :class:`EnsembleTeacher`."""
     if recipe.teacher is None:
         return None
-    if recipe.teacher.checkpoint is None:
-        raise RecipeError("field 'teacher.checkpoint': a teacher needs trained weights (a .safetensors file)")
-    return build_from_spec(recipe.teacher, input_shape, num_classes, "teacher")[0]
+    teachers = []
+    for role, spec in recipe.teacher.members():
+        if spec.checkpoint is None:
+            raise RecipeError(f"field '{role}.checkpoint': a teacher needs trained weights (a .safetensors file)")
+        teachers.append(build_from_spec(spec, input_shape, num_classes, role)[0])
+    if recipe.teacher.ensemble is None:
+        return teachers[0]
+    from distill.ensemble import EnsembleTeacher
+
+    return EnsembleTeacher(teachers, [member.weight for member in recipe.teacher.ensemble], recipe.teacher.combine)
 
 
 def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bool = True, overwrite: bool = False):

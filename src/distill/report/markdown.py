@@ -90,7 +90,7 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
     plot = plot_curves({recipe.name: run_dir / "metrics.jsonl"}, run_dir / "curves.png")
     headers, cells = metrics_rows([(recipe.name, metrics)])
     losses = ", ".join(f"{t.weight} x {t.name}" + (f" (T={t.temperature})" if t.temperature != 1 else "") for t in recipe.losses)
-    teacher = "none" if recipe.teacher is None else (recipe.teacher.model or "") + f" from {recipe.teacher.checkpoint}"
+    teacher = "none" if recipe.teacher is None else recipe.teacher.describe()
     student = recipe.student.model or recipe.student.checkpoint
     text = [
         f"# Run `{recipe.name}`",
