@@ -68,9 +68,9 @@ class SmokeRuns:
         if root is not None and Path(root).as_posix().startswith(SHARED_PREFIX):
             parts = Path(root).as_posix()[len(SHARED_PREFIX):].strip("/").split("/")
             items.append(f"data.root={require_shared(*parts)}")
-        for role in ("teacher", "student"):
-            spec = getattr(recipe, role)
-            if spec is None or spec.checkpoint is None:
+        specs = [("student", recipe.student)] + (recipe.teacher.members() if recipe.teacher is not None else [])
+        for role, spec in specs:  # role: the override's prefix ("teacher.ensemble.1" for an ensemble's member)
+            if spec.checkpoint is None:
                 continue
             producer = _producer(spec.checkpoint)
             if producer is None:

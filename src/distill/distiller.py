@@ -59,6 +59,9 @@ class Distiller:
         features: intermediate-layer terms (:class:`distill.intermediate.FeatureDistillation`);
             then ``student`` is its ``StudentWithHeads`` (possibly wrapped by DDP), called with
             the teacher's features, and each term's value is reported as ``feature/<loss>``.
+        self_distill: exits on the student's shallower layers taught by its final logits
+            (:class:`distill.self_distill.SelfDistillation`); then ``student`` is its
+            ``StudentWithExits``, and the terms are reported as ``self/kl`` and ``self/ce``.
     """
 
     def __init__(
@@ -69,8 +72,12 @@ class Distiller:
         *,
         teacher_outputs: torch.Tensor | None = None,
         features=None,
+        self_distill=None,
     ) -> None:
+        if features is not None and self_distill is not None:
+            raise ValueError("feature terms and self-distillation each wrap the student: use one of them")
         self.student = student
+        self.self_distill = self_distill
         self.teacher_outputs = teacher_outputs
         self.features = features  # a distill.intermediate.FeatureDistillation, or None
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
@@ -114,9 +121,13 @@ class Distiller:
             value = term.fn(student_logits, teacher_logits, target, temperature=term.temperature, **term.params)
             out[term.key] = value.detach()
             total = total + term.weight * value
+        extra_terms = []  # (metric name, weight, value) of the feature or self-distillation terms
         if self.features is not None:
-            for key, weight, value in self.features.losses(self.features.module.outputs, teacher_logits, target):
-                out[key] = value.detach()
-                total = total + weight * value
+            extra_terms = self.features.losses(self.features.module.outputs, teacher_logits, target)
+        elif self.self_distill is not None:
+            extra_terms = self.self_distill.losses(student_logits, target)
+        for key, weight, value in extra_terms:
+            out[key] = value.detach()
+            total = total + weight * value
         out["loss"] = total
         return out

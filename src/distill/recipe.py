@@ -205,6 +205,18 @@ class FeatureSpec(_Strict):
         return _known_name(name, FEATURE_LOSSES, "feature loss", "feature losses")
 
 
+class SelfDistillSpec(_Strict):
+    """Self-distillation (``self_distill:``): exits on the student's shallower ``layers`` learn from
+    its final logits, ``weight * T^2 KL + label_weight * CE`` averaged over exits (Zhang et al. 2019,
+    see :mod:`distill.self_distill`). Needs no teacher; combines with the recipe's own losses."""
+
+    layers: Union[Literal["auto"], list[str]] = "auto"
+    weight: float = Field(1.0, ge=0, description="weight of the exits' KL to the final logits")
+    temperature: float = Field(3.0, gt=0)
+    label_weight: float = Field(0.3, ge=0, description="weight of the exits' cross-entropy on labels")
+    hidden: Optional[int] = Field(None, ge=1, description="hidden width of the exit heads (default: linear)")
+
+
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -286,6 +298,7 @@ class Recipe(_Strict):
     student: ModelSpec
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="cross_entropy")])
     features: list[FeatureSpec] = Field(default_factory=list, description="intermediate-layer terms (need a teacher)")
+    self_distill: Optional[SelfDistillSpec] = Field(None, description="exits on shallow layers taught by the final logits")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -315,6 +328,8 @@ class Recipe(_Strict):
         teacher = self.teacher
         if self.features and teacher is None:
             raise ValueError("'features' compare the student's layers with the teacher's, but 'teacher' is not set")
+        if self.features and self.self_distill is not None:
+            raise ValueError("'features' and 'self_distill' each add heads around the student; use one of them per run")
         if teacher is not None and teacher.ensemble is not None:
             auto = [index for index, spec in enumerate(self.features) if spec.pairs == "auto"]
             if auto:

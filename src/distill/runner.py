@@ -304,8 +304,20 @@ def run_recipe(
                 student, teacher, [FeatureTerm(**spec.model_dump()) for spec in recipe.features], sample, classes)
         except ValueError as exc:
             raise RecipeError(f"field 'features': {exc}") from None
-    distiller = Distiller(features.module if features else student, teacher, terms, teacher_outputs=teacher_outputs,
-                          features=features)
+    self_distill = None
+    if recipe.self_distill is not None:  # exits on shallow layers, trained beside the student
+        from distill.self_distill import SelfDistillation
+
+        spec = recipe.self_distill
+        sample = train_set.inputs[: min(16, len(train_set))].to(accelerator.device)
+        try:
+            self_distill = SelfDistillation(student, spec.layers, sample, classes, weight=spec.weight,
+                                            temperature=spec.temperature, label_weight=spec.label_weight, hidden=spec.hidden)
+        except ValueError as exc:
+            raise RecipeError(f"field 'self_distill': {exc}") from None
+    wrapper = features if features is not None else self_distill  # the student trains inside a wrapper that holds its heads
+    distiller = Distiller(wrapper.module if wrapper else student, teacher, terms, teacher_outputs=teacher_outputs,
+                          features=features, self_distill=self_distill)
     if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
 
@@ -352,12 +364,17 @@ def run_recipe(
                 progress=progress,
             )
         finally:
-            if features is not None:  # never leave hooks on the user's models, even when interrupted
-                features.remove()
+            if wrapper is not None:  # never leave hooks on the user's models, even when interrupted
+                wrapper.remove()
         train_seconds = time.perf_counter() - started
 
+    exit_accuracy = None
+    if self_distill is not None and accelerator.is_main_process:
+        exit_accuracy = self_distill.exit_accuracy(test_inputs.to(accelerator.device), test_target.to(accelerator.device),
+                                                   data.eval_batch_size)
+        self_distill.remove()
     model = accelerator.unwrap_model(student).eval()
-    if features is not None:  # the exported student leaves the feature heads behind
+    if wrapper is not None:  # the exported student leaves the feature heads or exits behind
         model = model.student
     model_path = run_dir / MODEL_FILE
     metrics: dict[str, Any] = {}
@@ -372,6 +389,8 @@ def run_recipe(
                                         fake_quant_accuracy=metrics["accuracy"], batch_size=data.eval_batch_size))
         if quantize is not None:
             metrics["quantize_method"] = quantize.method
+        if exit_accuracy is not None:
+            metrics["exit_accuracy"] = exit_accuracy
         metrics.update(
             {"train_steps": state.step, "train_samples": state.samples, "train_seconds": train_seconds,
              "samples_per_s": state.samples / train_seconds if train_seconds > 0 and not resume else None,

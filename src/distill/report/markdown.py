@@ -109,6 +109,10 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
             f"packed {human_bytes(metrics['quantized_bytes'])} vs fp32 {human_bytes(metrics['fp32_bytes'])} "
             f"({metrics['compression']:.1f}x), packed-model accuracy {metrics['packed_accuracy']:.2%} "
             "(`model.packed.safetensors`)")
+    self_distill = getattr(recipe, "self_distill", None)
+    if self_distill is not None:
+        text.append(f"- self-distillation: exits on {len(metrics.get('exit_accuracy', {})) - 1} layer(s), "
+                    f"{self_distill.weight} x KL (T={self_distill.temperature}) + {self_distill.label_weight} x CE")
     text += [
         "",
         "## Test split",
@@ -116,6 +120,10 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
         markdown_table(headers, cells),
         "",
     ]
+    if "exit_accuracy" in metrics:  # early exits of a self-distilled student (stripped from model.safetensors)
+        text += ["Accuracy of each exit (the exits are not part of the exported student):", "",
+                 markdown_table(["layer", "accuracy"], [[f"`{path}`", f"{acc:.2%}"] for path, acc in metrics["exit_accuracy"].items()]),
+                 ""]
     if plot is not None:
         text += [f"![training curves]({plot.name})", ""]
     text += ["Resolved recipe: `recipe.yaml`; per-step metrics: `metrics.jsonl`; weights: `model.safetensors`.", ""]
