@@ -1,4 +1,4 @@
-"""The ``distill`` command line: demo, run, validate, eval."""
+"""The ``distill`` command line: demo, run, validate, eval, export, bench."""
 from __future__ import annotations
 
 import json
@@ -222,6 +222,92 @@ def eval_(
     console.print(metrics_table(f"{data} {split} split", rows))
     if json_out is not None:
         json_out.write_text(json.dumps(dict(rows), indent=2))
+
+
+@app.command("export")
+def export_(
+    checkpoint: Path = typer.Argument(..., help="a run folder from `distill run`, or its model.safetensors"),
+    target: str = typer.Option(..., help="cpu | gpu | mobile | web"),
+    precision: Optional[List[str]] = typer.Option(None, help="repeatable; default: every precision the target and "
+                                                  "student allow (cpu: fp32 int8-dynamic int8-static int4/int2; "
+                                                  "gpu: fp16; mobile: fp32 8da4w; web: fp32)"),
+    out: Optional[Path] = typer.Option(None, help="export folder (default: <run folder>/export)"),
+    data: Optional[str] = typer.Option(None, help="held-out dataset (default: the run folder's recipe)"),
+    root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),
+    tolerance: Optional[float] = typer.Option(None, help="max |logit diff| vs eager PyTorch (overrides the precision's default)"),
+    min_agreement: Optional[float] = typer.Option(None, help="min top-1 agreement with eager PyTorch (overrides the default)"),
+    threads: int = typer.Option(1, min=1, help="torch and runtime threads for checks and latency"),
+    samples: Optional[int] = typer.Option(None, min=1, help="held-out samples for parity and accuracy (default: all)"),
+) -> None:
+    """Export a student for a target, verify each variant against eager PyTorch, write model cards."""
+    from distill.export import ExportOptions, Exporter, check_request, default_precisions, load_student
+
+    command = ["distill", "export", str(checkpoint), "--target", target]
+    for flag, value in (("--out", out), ("--data", data), ("--root", root), ("--tolerance", tolerance),
+                        ("--min-agreement", min_agreement), ("--samples", samples)):
+        command += [] if value is None else [flag, str(value)]
+    command += [item for p in precision or [] for item in ("--precision", p)] + ["--threads", str(threads)]
+    try:
+        check_request(target, precision or [])
+        student = load_student(checkpoint, data=data, root=root)
+        precisions = list(precision or default_precisions(target, student))
+        out_dir = out or (student.run_dir / "export" if student.run_dir else
+                          student.checkpoint.with_name(student.checkpoint.stem + "-export"))
+        options = ExportOptions(threads=threads, max_abs_diff=tolerance, min_agreement=min_agreement,
+                                samples=samples, command=" ".join(command))
+        exporter = Exporter(student, out_dir, options)
+        cards = [exporter.export(target, p) for p in precisions]
+    except _user_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"distill export {checkpoint} --target {target} (threads={threads})", title_justify="left")
+    for column in ("variant", "size", "max |diff|", "agreement", "accuracy", "b1 ms", "b64 ms/sample", "status"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for card in cards:
+        parity, timing = card["parity"], card["latency"]
+        table.add_row(f"{card['target']}-{card['precision']}", f"{card['artifact']['bytes']:,}",
+                      f"{parity['max_abs_diff']:.2g}", f"{parity['agreement']:.2%}",
+                      f"{card['accuracy']['accuracy']:.2%}", f"{timing['b1_ms']:.3f}",
+                      f"{timing['b64_per_sample_ms']:.4f}",
+                      "[green]verified[/]" if card["status"] == "verified" else "[red]REFUSED[/]")
+    console.print(table)
+    console.print(f"Variants and model cards: {out_dir}", highlight=False)
+    refused = [card for card in cards if card["status"] != "verified"]
+    for card in refused:
+        err_console.print(f"[bold red]refused:[/] {card['target']}-{card['precision']}: "
+                          f"{'; '.join(card['parity']['failures'])} (report kept in {out_dir}/"
+                          f"{card['target']}-{card['precision']}/card.md; accept it with --tolerance / --min-agreement)",
+                          highlight=False, soft_wrap=True)
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    export_dir: Path = typer.Argument(..., help="an export folder from `distill export`"),
+    teacher: Optional[Path] = typer.Option(None, help="teacher model file (default: the student's recipe's teacher)"),
+    threads: int = typer.Option(1, min=1, help="torch and onnxruntime threads (recorded)"),
+    repeats: int = typer.Option(50, min=3, help="timed runs at batch 1 (a third at batch 64), after warm-up"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Time teacher, student and every exported variant side by side (median, batch 1 and 64)."""
+    from distill.export.bench import bench as run_bench
+
+    try:
+        result = run_bench(export_dir, teacher=teacher, threads=threads, repeats=repeats)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"distill bench {export_dir}: {result['dataset']} test ({result['samples']:,}), "
+                        f"threads={threads}, median of {repeats} runs", title_justify="left")
+    for column in ("model", "runtime", "precision", "size", "accuracy", "b1 ms", "b64 ms/sample",
+                   f"speedup b1 vs {result['baseline'].split(' ')[0]}", "speedup b64", "status"):
+        table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
+    for row in result["rows"]:
+        table.add_row(row["name"], row["runtime"], row["precision"], f"{row['bytes']:,}", f"{row['accuracy']:.2%}",
+                      f"{row['b1_ms']:.3f}", f"{row['b64_per_sample_ms']:.4f}", f"{row['speedup_b1']:.1f}x",
+                      f"{row['speedup_b64']:.1f}x", row["status"])
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry point

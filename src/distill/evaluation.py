@@ -60,6 +60,20 @@ def compare_to_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> di
     }
 
 
+def median_time_ms(call, *, repeats: int = 30, warmup: int = 5, min_seconds: float = 0.0) -> float:
+    """Median wall time in ms of ``call()``: ``repeats`` timed calls after ``warmup`` untimed ones
+    (more timed calls while their total is under ``min_seconds``)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
@@ -78,15 +92,7 @@ def measure_latency(
     """
     model.eval()
     batch = sample[:1].expand(batch_size, *sample.shape[1:]).contiguous()
-    for _ in range(warmup):
-        model(batch)
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
-        start = time.perf_counter()
-        model(batch)
-        times.append(time.perf_counter() - start)
-    median_ms = statistics.median(times) * 1e3
+    median_ms = median_time_ms(lambda: model(batch), repeats=repeats, warmup=warmup, min_seconds=min_seconds)
     return {"batch_ms": median_ms, "per_sample_ms": median_ms / batch_size, "threads": torch.get_num_threads()}
 
 

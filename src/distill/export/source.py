@@ -1,0 +1,189 @@
+"""What an export starts from: the student checkpoint, its eager reference model and its data.
+
+``load_student(path)`` takes a run folder (from ``distill run``) or a distill model file. The
+eager reference is what ``distill eval`` measures: the float model, or for a quantized student
+the *packed* model (integer codes dequantized in the forward), so every variant is compared
+with the numbers the student really computes. Held-out data comes from ``--data`` or from the
+run folder's ``recipe.yaml`` (``data.name`` / ``data.root``), as ``distill eval`` takes it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from distill.artifacts import ArtifactError, load_model
+
+
+class ExportError(ValueError):
+    """Input an export cannot use; the message names the file, operator or extra and what would work."""
+
+
+class MissingRuntimeError(ExportError):
+    """An optional runtime is not installed; the message names the pip extra."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import ``module`` or fail naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingRuntimeError(
+            f"{purpose} needs the Python package '{module.split('.')[0]}', which is not installed ({exc}); "
+            f"install the extra: pip install 'distill[{extra}]'") from exc
+
+
+@dataclass
+class Student:
+    """A loaded student: ``model`` (eager reference, eval mode), its ``spec``, where it came from,
+    and the data to check it on (``test_set``; ``train_set`` loaded on demand for calibration)."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    checkpoint: Path
+    run_dir: Path | None
+    data_name: str
+    data_root: str | None
+    seed: int = 0
+    teacher_checkpoint: str | None = None
+    _test_set: Any = field(default=None, repr=False)
+    _train_set: Any = field(default=None, repr=False)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(packed_modules(self.model))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec["input_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.spec["num_classes"])
+
+    def dataset(self, split: str):
+        from distill.data import build_dataset
+
+        cached = self._test_set if split == "test" else self._train_set
+        if cached is None:
+            cached = build_dataset(self.data_name, split, root=self.data_root)
+            if tuple(cached.input_shape) != self.input_shape or cached.num_classes != self.num_classes:
+                raise ExportError(
+                    f"{self.checkpoint}: the model takes {self.input_shape} with {self.num_classes} classes but dataset "
+                    f"{self.data_name!r} has {tuple(cached.input_shape)} with {cached.num_classes}; pass --data with "
+                    "the dataset it was trained on")
+            if split == "test":
+                self._test_set = cached
+            else:
+                self._train_set = cached
+        return cached
+
+    def calibration_inputs(self, num_samples: int) -> torch.Tensor:
+        """``num_samples`` real training inputs (seeded random subset) for static quantization."""
+        train = self.dataset("train")
+        generator = torch.Generator().manual_seed(self.seed)
+        index = torch.randperm(len(train), generator=generator)[:num_samples]
+        return train.inputs[index]
+
+    def float_model(self) -> nn.Module:
+        """A float copy of the reference: packed layers become nn.Linear / nn.Conv2d holding the
+        dequantized weights (the same function when no layer quantizes its input)."""
+        return float_copy(self.model)
+
+
+def packed_modules(model: nn.Module) -> dict[str, nn.Module]:
+    from distill.quant.modules import _PackedBase
+
+    return {path: module for path, module in model.named_modules() if isinstance(module, _PackedBase)}
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` with every packed layer replaced by its float equivalent."""
+    model = copy.deepcopy(model).eval()
+    for path, module in packed_modules(model).items():
+        weight = module.dequantized_weight()
+        if module.kind == "linear":
+            layer = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        else:
+            conv = module.conv
+            out_channels, in_per_group, kh, kw = weight.shape
+            layer = nn.Conv2d(in_per_group * conv["groups"], out_channels, (kh, kw), stride=conv["stride"],
+                              padding=conv["padding"], dilation=conv["dilation"], groups=conv["groups"],
+                              bias=module.bias is not None, padding_mode=conv["padding_mode"])
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if module.bias is not None:
+                layer.bias.copy_(module.bias)
+        set_module(model, path, layer)
+    return model
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _not_a_student(path: Path, reason: str) -> ExportError:
+    return ExportError(f"{path} is not a student checkpoint: {reason}. Give a run folder made by `distill run` "
+                       "or its model.safetensors (a distill model file, which records the architecture)")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """(model file, run folder or None) for a run folder or a model file."""
+    path = Path(path)
+    if path.is_dir():
+        model_file = path / "model.safetensors"
+        if not model_file.is_file():
+            raise _not_a_student(path, "the folder has no model.safetensors")
+        return model_file, path
+    if not path.is_file():
+        raise ExportError(f"checkpoint {path} does not exist (give a run folder or its model.safetensors)")
+    run_dir = path.parent if (path.parent / "recipe.yaml").is_file() else None
+    return path, run_dir
+
+
+def load_student(path: str | Path, *, data: str | None = None, root: str | Path | None = None) -> Student:
+    """Load the student at ``path`` (run folder or model file) with the data named by ``data``
+    (else the run folder's recipe). Raises :class:`ExportError` for anything else."""
+    from distill.quant.modules import _QuantMixin
+
+    model_file, run_dir = resolve_checkpoint(path)
+    if model_file.suffix != ".safetensors":
+        raise _not_a_student(model_file, f"it is a {model_file.suffix or 'suffix-less'} file, not .safetensors")
+    try:
+        model, spec = load_model(model_file)
+    except ArtifactError as exc:
+        raise _not_a_student(model_file, str(exc)) from exc
+    if any(isinstance(m, _QuantMixin) for m in model.modules()):  # fake-quantized: its packed integer form
+        from distill.quant import convert
+
+        model = convert(model).eval()
+    recipe: dict[str, Any] = {}
+    if run_dir is not None:
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    recipe_data = recipe.get("data") or {}
+    data_name = data or recipe_data.get("name")
+    if data_name is None:
+        raise ExportError(f"{model_file}: no recipe.yaml beside it names the held-out data; pass --data "
+                          "(digits, mnist, fashion_mnist, cifar10) and --root for the files")
+    data_root = str(root) if root is not None else (recipe_data.get("root") if data is None or data == recipe_data.get("name") else None)
+    teacher = (recipe.get("teacher") or {}).get("checkpoint")
+    return Student(model=model.eval(), spec=spec, checkpoint=model_file, run_dir=run_dir, data_name=data_name,
+                   data_root=data_root, seed=int(recipe.get("seed", 0) or 0), teacher_checkpoint=teacher)
