@@ -246,6 +246,8 @@ class TrainSpec(_Strict):
     eval_every_epoch: bool = True
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: cores / local processes, recorded)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU (gloo for several processes)")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="several processes: ddp replicates the student, fsdp "
+                                             "shards its parameters, gradients and optimiser state (FSDP2)")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -284,7 +286,7 @@ class QuantSpec(QuantConfig):
         return QuantConfig(**{name: getattr(self, name) for name in QuantConfig.model_fields})
 
 
-NOT_NUMERIC_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epoch")
+NOT_NUMERIC_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epoch", "strategy")
 
 
 class Recipe(_Strict):
@@ -317,6 +319,13 @@ class Recipe(_Strict):
                     "quantize.weight_init 'lsq' is a starting point for training; 'rtn' takes 'mse' "
                     "(clipping search) or 'minmax'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> "Recipe":
+        if self.train.strategy == "fsdp" and self.quantize is not None:
+            raise ValueError("train.strategy 'fsdp' does not shard quantized students yet (their step sizes are "
+                             "scalars): use train.strategy 'ddp' with 'quantize'")
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_fi
 from distill.training.checkpoint import latest_checkpoint
 from distill.training.loop import MetricsLog, TrainState, train
 from distill.training.optim import build_optimizer, build_scheduler
+from distill.training.sharding import full_model_state, shard
 
 MODEL_FILE = "model.safetensors"
 PACKED_FILE = "model.packed.safetensors"
@@ -89,6 +90,19 @@ def build_from_spec(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: 
 def is_quantized(model: nn.Module) -> bool:
     """True when ``model`` has fake-quantized (prepared) or packed (converted) layers."""
     return any(isinstance(m, (QuantLinear, QuantConv2d, PackedLinear, PackedConv2d)) for m in model.modules())
+
+
+def shard_units(trainable: nn.Module, wrapped: bool) -> list[str]:
+    """The submodules FSDP shards one by one: the student's stages (``student.``-prefixed inside a
+    wrapper with heads), or none when it has no recognisable stages (then the whole is one unit)."""
+    from distill.intermediate import stage_paths
+
+    student = trainable.student if wrapped else trainable
+    try:
+        stages = stage_paths(student)
+    except ValueError:
+        return []
+    return [f"student.{path}" if wrapped else path for path in stages]
 
 
 def _endless_batches(loader: InMemoryLoader):
@@ -327,6 +341,7 @@ def run_recipe(
                                 world_size=accelerator.num_processes)
     except ValueError as exc:
         raise RecipeError(f"field 'data.batch_size': {exc}") from None
+    fsdp = recipe.train.strategy == "fsdp" and accelerator.num_processes > 1  # one process: nothing to shard
     if recipe.train.steps is not None:
         total_steps = recipe.train.steps
     else:
@@ -335,15 +350,35 @@ def run_recipe(
         student.to(accelerator.device)
     else:  # the quantizers' steps and zero points are kept out of weight decay
         trainable = distiller.student  # the student, or the student with its feature heads
+        if fsdp:  # shard before the optimiser is built: its parameters become the shards
+            trainable.to(accelerator.device)
+            shard(trainable, shard_units(trainable, wrapped=wrapper is not None))
         optimizer = build_optimizer(recipe.optimizer, trainable.parameters(), no_weight_decay=quant_parameters(student),
                                     no_weight_decay_lr_scale=quantize.step_lr_scale if quantize is not None else 1.0)
         scheduler = build_scheduler(recipe.schedule, optimizer, total_steps)
-        student, optimizer = accelerator.prepare(trainable, optimizer)
+        if fsdp:  # FSDP2 synchronises gradients itself: Accelerate must not wrap the student in DDP
+            student, optimizer = trainable, accelerator.prepare(optimizer)
+        else:
+            student, optimizer = accelerator.prepare(trainable, optimizer)
     distiller.student = student
 
+    def current_model() -> nn.Module | None:
+        """The trained model to evaluate; under fsdp its full weights gathered (a collective) into a
+        plain copy of the bare student on the main process (None on the others)."""
+        if not fsdp:
+            return accelerator.unwrap_model(student)
+        full = full_model_state(student)
+        if not accelerator.is_main_process:
+            return None
+        prefix = "student." if wrapper is not None else ""
+        plain = build_from_spec(recipe.student, shape, classes, "student")[0].to(accelerator.device)
+        plain.load_state_dict({key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)})
+        return plain
 
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
-        model = accelerator.unwrap_model(student)
+        model = current_model()
+        if not accelerator.is_main_process:
+            return {}
         logits = predict(model, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
         record = {"accuracy": float((logits.argmax(-1) == test_target).float().mean())}
         if teacher_test_logits is not None:
@@ -369,13 +404,15 @@ def run_recipe(
         train_seconds = time.perf_counter() - started
 
     exit_accuracy = None
-    if self_distill is not None and accelerator.is_main_process:
+    if self_distill is not None and (accelerator.is_main_process or fsdp):  # a sharded forward is collective
         exit_accuracy = self_distill.exit_accuracy(test_inputs.to(accelerator.device), test_target.to(accelerator.device),
                                                    data.eval_batch_size)
         self_distill.remove()
-    model = accelerator.unwrap_model(student).eval()
-    if wrapper is not None:  # the exported student leaves the feature heads or exits behind
-        model = model.student
+    model = current_model()
+    if model is not None:
+        model.eval()
+        if wrapper is not None and not fsdp:  # the exported student leaves the feature heads or exits behind
+            model = model.student
     model_path = run_dir / MODEL_FILE
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,41 @@ def test_global_batch_must_split_evenly():
         ids = torch.cat([part0["index"], part1["index"]])
         assert sorted(ids.tolist()) == sorted(full["index"].tolist())  # no overlap, nothing missing
         assert len(set(part0["index"].tolist()) & set(part1["index"].tolist())) == 0
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_equals_one_process_and_resumes_across_strategies(tmp_path):
+    """FSDP2 (gloo): sharded parameters and optimiser state, full-weight checkpoints by name."""
+    sgd = {"strategy": "fsdp", "steps": 24, "eval_every_epoch": True}  # 22 batches per epoch: one evaluation
+    one = run_recipe(load_recipe(write_recipe(tmp_path, tmp_path / "one", **sgd)), progress=False, measure_latency=False)
+    torchrun(write_recipe(tmp_path, tmp_path / "two", **sgd))
+    two = tmp_path / "two"
+    assert_close_weights(one.model_path, two / "model.safetensors")
+    assert losses(two) == pytest.approx(losses(one.run_dir), rel=1e-5)
+    tests = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines() if '"test"' in line]
+    assert len(tests) == 1 and tests[0]["accuracy"] > 0.5  # evaluated once, on gathered weights
+    state = torch.load(two / "checkpoints" / "step-00000024" / "state.pt", weights_only=True)
+    assert all(isinstance(key, str) for key in state["optimizer"]["state"])  # keyed by parameter name
+
+    # Adam state: a checkpoint written under FSDP resumes in one process, and one process's under FSDP
+    adam = {**sgd, "steps": 6, "eval_every_epoch": False}
+    override = "optimizer=" + json.dumps({"name": "adam", "lr": 0.01})
+    whole_recipe, mixed_recipe = (write_recipe(tmp_path, tmp_path / name, **adam) for name in ("whole", "mixed"))
+    whole = run_recipe(load_recipe(whole_recipe, [override]), progress=False, measure_latency=False)
+    reference = load_file(str(whole.model_path))
+    torchrun(mixed_recipe, override)
+    assert_close_weights(whole.model_path, tmp_path / "mixed" / "model.safetensors")
+
+    def resume_from_step_3(recipe: Path, run_dir: Path, under_fsdp: bool) -> None:
+        shutil.rmtree(run_dir / "checkpoints" / "step-00000006")
+        if under_fsdp:
+            torchrun(recipe, override, "--resume")
+        else:
+            run_recipe(load_recipe(recipe, [override]), resume=True, progress=False, measure_latency=False)
+        resumed = load_file(str(run_dir / "model.safetensors"))
+        for name, tensor in reference.items():
+            torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        assert losses(run_dir) == pytest.approx(losses(tmp_path / "mixed"), rel=1e-5)
+
+    resume_from_step_3(mixed_recipe, tmp_path / "mixed", under_fsdp=False)  # names -> indices
+    resume_from_step_3(whole_recipe, tmp_path / "whole", under_fsdp=True)   # indices -> names

@@ -17,10 +17,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.artifacts import atomic_write, load_weights, model_state
@@ -42,17 +42,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     directory: Path,
     step: int,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` under ``directory`` atomically; prune to ``keep`` newest."""
+    """Write checkpoint ``step`` under ``directory`` atomically; prune to ``keep`` newest.
+
+    ``model``: the module, or its full state dict (a sharded student's, gathered beforehand)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
     try:
-        save_file(model_state(model), str(tmp / MODEL_FILE))
+        weights = model_state(model) if isinstance(model, nn.Module) else {
+            name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.items()}
+        save_file(weights, str(tmp / MODEL_FILE))
         torch.save(state, tmp / STATE_FILE)
         for name in (MODEL_FILE, STATE_FILE):
             with open(tmp / name, "rb") as handle:
@@ -90,7 +94,12 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the saved training state."""
-    load_weights(model, Path(path) / MODEL_FILE)
+def load_checkpoint(path: Path, model: nn.Module, load: Callable[[nn.Module, dict], None] | None = None) -> dict[str, Any]:
+    """Load weights into ``model`` and return the saved training state.
+
+    ``load(model, state_dict)`` replaces ``model.load_state_dict`` (a sharded student's loader)."""
+    if load is None:
+        load_weights(model, Path(path) / MODEL_FILE)
+    else:
+        load(model, load_file(str(Path(path) / MODEL_FILE)))
     return torch.load(Path(path) / STATE_FILE, weights_only=True)

@@ -20,6 +20,14 @@ from tqdm.auto import tqdm
 from distill.distiller import Distiller
 from distill.recipe import TrainSpec
 from distill.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from distill.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+    optimizer_state_for,
+)
 
 
 class MetricsLog:
@@ -97,6 +105,8 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
     student = distiller.student
+    model = accelerator.unwrap_model(student)
+    sharded = is_sharded(model)  # train.strategy fsdp: state is gathered by every process, written by one
     state = TrainState()
     running: dict[str, torch.Tensor] = {}  # sums over the current logging window
     running_count = 0
@@ -105,13 +115,18 @@ def train(
         found = latest_checkpoint(ckpt_dir)
         if found is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
-        saved = load_checkpoint(found, accelerator.unwrap_model(student))
+        saved = load_checkpoint(found, model, load=load_full_model_state if sharded else None)
         if fingerprint and saved.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"--resume: the checkpoint {found} was made by another recipe "
                 f"(fingerprint {saved.get('fingerprint')} != {fingerprint}); resume with the same recipe"
             )
-        optimizer.load_state_dict(saved["optimizer"])
+        inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the torch optimiser
+        optimizer_state = optimizer_state_for(saved["optimizer"], model, inner, by_name=sharded)
+        if sharded:
+            load_full_optimizer_state(model, inner, optimizer_state)
+        else:
+            optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
         state = TrainState(**saved["counters"])
@@ -129,16 +144,20 @@ def train(
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
+        weights = optimizer_state = None
+        if sharded:  # collectives: every process gathers, the main one writes
+            weights = full_model_state(model)
+            optimizer_state = full_optimizer_state(model, getattr(optimizer, "optimizer", optimizer))
         if accelerator.is_main_process:
             payload = {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state if sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "counters": state.__dict__,
                 "window": {"sums": {key: value.detach().cpu() for key, value in running.items()}, "count": running_count},
                 "fingerprint": fingerprint,
             }
-            save_checkpoint(ckpt_dir, state.step, accelerator.unwrap_model(student), payload, keep=spec.keep_checkpoints)
+            save_checkpoint(ckpt_dir, state.step, weights if sharded else model, payload, keep=spec.keep_checkpoints)
 
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     student.train()
@@ -197,7 +216,8 @@ def train(
                 break
         if state.batch >= batches_per_epoch or done:
             if state.batch >= batches_per_epoch:  # a whole epoch ended
-                if evaluate_epoch is not None and spec.eval_every_epoch and accelerator.is_main_process:
+                # every process calls it (a sharded student's forward is collective); the main one logs
+                if evaluate_epoch is not None and spec.eval_every_epoch:
                     record = {"step": state.step, "epoch": state.epoch, "split": "test"}
                     record.update(evaluate_epoch(state.epoch))
                     metrics.write(record)
