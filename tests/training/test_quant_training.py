@@ -189,3 +189,19 @@ def test_qat_run_resumes_exactly(tmp_path, fp_model, interrupt):
     assert load_file(str(uninterrupted.run_dir / PACKED_FILE)).keys() == load_file(str(resumed.run_dir / PACKED_FILE)).keys()
     for name, tensor in load_file(str(uninterrupted.run_dir / PACKED_FILE)).items():
         assert torch.equal(tensor, load_file(str(resumed.run_dir / PACKED_FILE))[name]), name
+
+
+def test_cnn_student_with_batchnorm_folded_trains_and_packs(tmp_path):
+    """quantize.fold_batchnorm: the CNN's BatchNorms go into its convolutions before QAT; the packed
+    file holds no BatchNorm and loads back to the fake-quantized accuracy."""
+    cnn = {"model": "cnn", "params": {"channels": [8, 16]}}
+    float_run = run(make_recipe(tmp_path / "float", "train.steps=40", student=cnn))
+    result = run(make_recipe(tmp_path / "qat", "train.steps=20", "optimizer.lr=0.001",
+                             student={"checkpoint": str(float_run.model_path)},
+                             quantize={"method": "qat", "weight_bits": 4, "group_size": 16, "fold_batchnorm": True}))
+    assert result.metrics["packed_accuracy"] == result.metrics["accuracy"] > 0.5
+    packed = load_file(str(result.run_dir / PACKED_FILE))
+    assert not any("running_mean" in key for key in packed)
+    model, spec = load_model(result.model_path)
+    assert spec["quantize"]["fold_batchnorm"] is True
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())

@@ -29,6 +29,7 @@ from distill.quant.fake import (
     integer_range,
     lsq_grad_scale,
 )
+from distill.quant.fold import conv_bn_pairs, fold_batchnorm
 from distill.quant.modules import PackedConv2d, PackedLinear, QuantConv2d, QuantLinear, quant_parameters
 from distill.quant.pack import PackedLayer, pack, unpack
 from distill.quant.ptq import calibrate, quantize_rtn
@@ -38,5 +39,5 @@ __all__ = [
     "size_report", "save_packed", "load_packed", "read_packed", "quantizable_layers", "quantization_plan",
     "reset_quantizers", "WeightQuantizer", "ActivationQuantizer", "LSQFakeQuantize", "fake_quantize",
     "integer_range", "lsq_grad_scale", "QuantLinear", "QuantConv2d", "PackedLinear", "PackedConv2d",
-    "quant_parameters", "PackedLayer", "pack", "unpack", "calibrate", "quantize_rtn",
+    "quant_parameters", "PackedLayer", "pack", "unpack", "calibrate", "quantize_rtn", "conv_bn_pairs", "fold_batchnorm",
 ]

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from distill.quant.fake import ActivationQuantizer, WeightQuantizer
+from distill.quant.fold import fold_batchnorm
 from distill.quant.modules import (
     PACKED_MODULES,
     QUANT_MODULES,
@@ -103,6 +104,8 @@ class QuantConfig(BaseModel):
     ``activation_mode`` (``dynamic`` min/max at run time, or ``learned`` LSQ range calibrated
     on the first ``calibration_batches`` forward calls), ``activation_symmetric``.
     Selection: ``include``, ``exclude``, ``overrides`` (see :mod:`distill.quant.api`).
+    ``fold_batchnorm``: fold each BatchNorm2d into the Conv2d before it (running statistics)
+    before quantizing, so the integer convolution carries it (:mod:`distill.quant.fold`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +123,7 @@ class QuantConfig(BaseModel):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     overrides: dict[str, LayerOverride] = Field(default_factory=dict)
+    fold_batchnorm: bool = False
 
     @field_validator("activation_bits")
     @classmethod
@@ -224,6 +228,8 @@ def prepare(model: nn.Module, config: QuantConfig | dict[str, Any]) -> nn.Module
     config = QuantConfig.coerce(config)
     if any(isinstance(m, (_QuantMixin, _PackedBase)) for m in model.modules()):
         raise ValueError("the model already has quantized layers; prepare() a float model once")
+    if config.fold_batchnorm:
+        fold_batchnorm(model)
     plan = quantization_plan(model, config)
     layers = quantizable_layers(model)
     replacements: dict[int, nn.Module] = {}
@@ -442,7 +448,9 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     The layers named in the file are replaced by PackedLinear / PackedConv2d (in place), then
     the whole state dict is loaded strictly. Returns ``model``.
     """
-    layers, tensors, _ = read_packed(path)
+    layers, tensors, meta = read_packed(path)
+    if "quant_config" in meta and QuantConfig.model_validate_json(meta["quant_config"]).fold_batchnorm:
+        fold_batchnorm(model)  # the file holds the folded convolutions and no BatchNorm
     modules = dict(model.named_modules())
     replacements: dict[int, nn.Module] = {}
     for layer_path, layer in layers.items():
