@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn a large teacher into a small, fast student.")
+from distill.diffusion.cli import app as diffusion_app  # noqa: E402
+
+app.add_typer(diffusion_app, name="diffusion")
 # tables are wide: outside a terminal (logs, CI) rich would wrap them at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
