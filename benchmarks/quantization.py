@@ -21,7 +21,8 @@ Fashion-MNIST (default): the CNN teacher of recipes/fashion_mnist_teacher.yaml i
 Sizes are the true packed sizes (``distill.quant.size_report``: codes, scales, zero points and
 every float tensor left) of ``model.packed.safetensors``, whose loaded-back accuracy each run
 checks against the fake-quantized one. ``--dataset cifar10`` runs the same protocol with a
-ResNet-20 teacher and a CNN 32-64-128 + FC 256 student (random crop + flip).
+ResNet-20 teacher (or ``--teacher``) and a CNN student, 32-64-128 + FC 256 unless
+``--student-channels`` / ``--student-hidden`` say otherwise (random crop + flip).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, flow, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
 
+from distill.artifacts import read_spec  # noqa: E402
 from distill.recipe import load_recipe  # noqa: E402
 from distill.runner import run_recipe  # noqa: E402
 
@@ -50,7 +52,7 @@ CE_LOSS = [{"name": "cross_entropy", "weight": 1.0}]
 
 
 
-def setups(dataset: str) -> dict[str, dict]:
+def setups(dataset: str, channels: list[int], hidden: int) -> dict[str, dict]:
     """Recipe trees (teacher, fp32, qat) for the dataset; Fashion-MNIST's come from recipes/."""
     if dataset == "fashion_mnist":
         trees = {role: load_recipe(RECIPES / f"fashion_mnist_{role}.yaml").to_dict() for role in ("teacher", "fp32", "qad")}
@@ -63,7 +65,7 @@ def setups(dataset: str) -> dict[str, dict]:
     teacher = {**common, "name": "cifar10-teacher", "output_dir": "runs/cifar10/teacher",
                "student": {"model": "resnet", "params": {"depth": 20}}, "losses": CE_LOSS,
                "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005}}
-    student = {"model": "cnn", "params": {"channels": [32, 64, 128], "hidden": 256}}
+    student = {"model": "cnn", "params": {"channels": channels, "hidden": hidden}}
     fp32 = {**common, "name": "cifar10-fp32", "output_dir": "runs/cifar10/fp32", "student": student,
             "teacher": {"checkpoint": "runs/cifar10/teacher/model.safetensors"}, "losses": KD_LOSSES,
             "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0005}}
@@ -90,13 +92,15 @@ def main() -> None:
     parser.add_argument("--qad-teacher", choices=["cnn", "self"], default="cnn",
                         help="QAD's teacher: the CNN/ResNet teacher, or the student's own float self")
     parser.add_argument("--step-lr-scale", type=float, default=0.1, help="quantize.step_lr_scale of QAT/QAD")
-    parser.add_argument("--subset", type=int, default=None, help="train on this many samples (smoke runs only)")
+    parser.add_argument("--subset", type=int, default=None, help="train on this many samples")
+    parser.add_argument("--student-channels", type=int, nargs="+", default=[32, 64, 128], help="cifar10: the CNN student's")
+    parser.add_argument("--student-hidden", type=int, default=256, help="cifar10: the CNN student's FC width")
     parser.add_argument("--out", type=Path, default=None, help="run folders (default runs/bench/quantization_<dataset>)")
     args = parser.parse_args()
     root = require_data("fashion-mnist" if args.dataset == "fashion_mnist" else "cifar10")
     out = args.out or ROOT / "runs" / "bench" / f"quantization_{args.dataset}"
     started = time.time()
-    trees = setups(args.dataset)
+    trees = setups(args.dataset, args.student_channels, args.student_hidden)
     common = [f"data.root={root}", f"train.threads={args.threads}"]
     if args.subset:
         common.append(f"data.train_subset={args.subset}")
@@ -187,8 +191,14 @@ def main() -> None:
     ]
     goal_lines = ["| goal | result | numbers (means over seeds) |", "|---|---|---|"]
     goal_lines += [f"| {name} | {'met' if ok else '**missed**'} | {detail} |" for name, ok, detail in goals]
-    student = "MLP 784-256-256-10" if args.dataset == "fashion_mnist" else "CNN 32-64-128 + FC 256"
-    teacher = "CNN 32-64-128 + FC 256" if args.dataset == "fashion_mnist" else "ResNet-20"
+    student = "MLP 784-256-256-10" if args.dataset == "fashion_mnist" else \
+        f"CNN {'-'.join(map(str, args.student_channels))} + FC {args.student_hidden}"
+    teacher_spec = read_spec(teacher_path)
+    teacher = f"{teacher_spec['model']} {json.dumps(teacher_spec.get('params', {}))}"
+    if args.teacher is not None and (args.teacher.parent / "recipe.yaml").is_file():  # how the reused teacher was made
+        made = load_recipe(args.teacher.parent / "recipe.yaml")
+        teacher += (f", reused from {args.teacher} ({made.train.epochs} epochs on "
+                    f"{made.data.train_subset or 'all'} training images)")
     markdown = "\n".join([
         f"{args.dataset}: teacher {teacher} (test accuracy {100 * teacher_metrics['accuracy']:.2f}%); float student "
         f"{student} distilled from it for {args.epochs} epochs"
