@@ -104,12 +104,12 @@ class Exporter:
         if target == "mobile":
             from distill.export.mobile import to_executorch
 
-            path = folder / "model.pte"
-            runtime.update(to_executorch(student.float_model(), student.input_shape, precision, path))
+            runtime.update(to_executorch(student.float_model(), student.input_shape, precision, folder))
             import importlib.metadata as metadata
 
             runtime.update(name="executorch", version=metadata.version("executorch"))
-            return path, ExecuTorchRunner(path, threads), runtime
+            programs = {int(batch): folder / name for batch, name in runtime["programs"].items()}
+            return programs[1], ExecuTorchRunner(programs, threads), runtime
         path = folder / "model.onnx"
         if precision in ("fp32", "int8-dynamic", "int8-static"):
             if precision == "fp32":
@@ -179,7 +179,7 @@ class Exporter:
                          "accuracy": float((logits.argmax(-1) == self.targets.numpy()).mean()),
                          "eager_accuracy": self.eager_accuracy},
             "latency": timing, "eager_latency": self.eager_latency,
-            "source": {"checkpoint": str(source.checkpoint), "sha256": file_sha256(source.checkpoint),
+            "source": {"checkpoint": str(source.checkpoint.resolve()), "sha256": file_sha256(source.checkpoint),
                        "model": source.spec["model"], "spec": source.spec, "run_dir": str(source.run_dir or ""),
                        "teacher_checkpoint": source.teacher_checkpoint, "quantized": source.quantized,
                        "data_root": source.data_root},

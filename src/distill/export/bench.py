@@ -25,8 +25,9 @@ def variant_folders(export_dir: Path) -> list[Path]:
 
 
 def runner_for(folder: Path, card: dict[str, Any], threads: int):
-    path = folder / card["artifact"]["file"]
-    return ExecuTorchRunner(path, threads) if card["target"] == "mobile" else OrtRunner(path, threads)
+    if card["target"] == "mobile":
+        return ExecuTorchRunner({int(b): folder / name for b, name in card["runtime"]["programs"].items()}, threads)
+    return OrtRunner(folder / card["artifact"]["file"], threads)
 
 
 def bench(export_dir: Path, *, teacher: Path | None = None, threads: int = 1, repeats: int = 50,

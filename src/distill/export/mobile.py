@@ -21,6 +21,7 @@ from torch import nn
 from distill.export.source import ExportError, require
 
 GROUP_SIZE = 32
+BATCH_SIZES = (1, 64)  # one static-shape program each
 
 
 def _quantize_8da4w(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -41,34 +42,50 @@ def _quantize_8da4w(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return model, kept_float
 
 
-def to_executorch(model: nn.Module, input_shape: tuple[int, ...], precision: str, path: Path) -> dict:
-    """Lower ``model`` (a float copy) to an XNNPACK ExecuTorch program at ``path``; returns lowering facts."""
-    require("executorch", "mobile", "the mobile target")
+def _lower(model: nn.Module, input_shape: tuple[int, ...], batch_size: int):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            exported = torch.export.export(model, (torch.zeros(batch_size, *input_shape),))
+            lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+            return lowered, lowered.to_executorch()
+        except Exception as exc:
+            raise ExportError(f"ExecuTorch/XNNPACK lowering failed on an unsupported operator: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def program_name(batch_size: int) -> str:
+    return "model.pte" if batch_size == 1 else f"model.b{batch_size}.pte"
+
+
+def to_executorch(model: nn.Module, input_shape: tuple[int, ...], precision: str, folder: Path) -> dict:
+    """Lower ``model`` (a float copy) to XNNPACK ExecuTorch programs in ``folder``, one per batch size
+    in :data:`BATCH_SIZES` (``model.pte`` for batch 1, ``model.b64.pte``); returns lowering facts.
+
+    Static shapes: with a dynamic batch dimension, ExecuTorch 1.5 plans the memory of a
+    convolutional model for at most 15 samples (``to_edge`` narrows the range), so each batch
+    size gets its own program.
+    """
+    require("executorch", "mobile", "the mobile target")
     model, facts = copy.deepcopy(model).eval(), {}
     if precision == "8da4w":
         model, kept_float = _quantize_8da4w(model)
         facts["kept_float_linears"] = kept_float
     elif precision != "fp32":
         raise ExportError(f"mobile precision {precision!r} is not supported; valid: fp32, 8da4w")
-    sample = torch.zeros(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            exported = torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
-            lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-            program = lowered.to_executorch()
-        except Exception as exc:
-            raise ExportError(f"ExecuTorch/XNNPACK lowering failed on an unsupported operator: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    folder.mkdir(parents=True, exist_ok=True)
+    programs = {}
+    for batch_size in BATCH_SIZES:
+        lowered, program = _lower(model, input_shape, batch_size)
+        (folder / program_name(batch_size)).write_bytes(program.buffer)
+        programs[str(batch_size)] = program_name(batch_size)
     graph = lowered.exported_program().graph
     calls = [node for node in graph.nodes if node.op == "call_function"]
     delegated = sum("executorch_call_delegate" in str(node.target) for node in calls)
     names = {getattr(node.target, "__name__", str(node.target)) for node in calls}
     not_delegated = sorted(name for name in names if "delegate" not in name and name not in ("getitem", "sym_size.int"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(program.buffer)
-    return {"backend": "XNNPACK", "delegated_calls": delegated, "not_delegated_ops": not_delegated, **facts}
+    return {"backend": "XNNPACK", "programs": programs, "delegated_calls": delegated,
+            "not_delegated_ops": not_delegated, **facts}

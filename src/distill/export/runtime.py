@@ -51,18 +51,33 @@ class OrtRunner:
 
 
 class ExecuTorchRunner:
-    """An ExecuTorch program (``.pte``) run by ExecuTorch's Python runtime (XNNPACK kernels)."""
+    """ExecuTorch programs (``.pte``, one per static batch size) run by ExecuTorch's Python runtime.
+
+    A batch whose size has its own program runs as is; any other is cut into chunks of the
+    largest program's batch size (the last chunk zero-padded, its padding dropped)."""
 
     runtime = "executorch"
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, programs: dict[int, str | Path], threads: int = 1):
         runtime = require("executorch.runtime", "mobile", "running ExecuTorch programs")
-        self.program = runtime.Runtime.get().load_program(str(path))
-        self.method = self.program.load_method("forward")
+        loader = runtime.Runtime.get()
+        self.methods = {int(batch): loader.load_program(str(path)).load_method("forward")
+                        for batch, path in programs.items()}
         self.threads = threads  # recorded: the Python runtime gives XNNPACK no thread-count setting
 
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.methods[len(batch)].execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].float().numpy()
+
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        return self.method.execute([torch.from_numpy(np.ascontiguousarray(inputs))])[0].float().numpy()
+        if len(inputs) in self.methods:
+            return self._run(inputs)
+        size = max(self.methods)
+        outputs = []
+        for start in range(0, len(inputs), size):
+            chunk = inputs[start : start + size]
+            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(self._run(padded)[: len(chunk)])
+        return np.concatenate(outputs)
 
 
 def run_batched(runner, inputs: torch.Tensor | np.ndarray, batch_size: int = 500) -> np.ndarray:
