@@ -2,7 +2,8 @@
 
     python benchmarks/diffusion.py [--data digits|mnist] [--seeds 0 1 2] [--threads 1] [--subset N]
                                    [--teacher-steps 3000] [--round-steps 300] [--cd-steps 1500]
-                                   [--reg-steps 1500] [--num-eval N] [--name NAME]
+                                   [--reg-steps 1500] [--pairs 4096] [--arch time_mlp|tiny_unet]
+                                   [--num-eval N] [--name NAME]
 
 Per seed: a v-parameterised teacher (cosine schedule, TimeMLP for digits, TinyUNet for MNIST)
 is trained from scratch; then three students, each started from the teacher's weights:
@@ -12,7 +13,7 @@ is trained from scratch; then three students, each started from the teacher's we
   evaluated at their own step counts;
 - **consistency** (Song et al. 2023): CD with a Heun teacher solver on an 18-point Karras grid,
   EMA mu = 0.95, L2, ``--cd-steps`` updates; sampled with 1, 2, 4 steps (Alg. 1);
-- **regression** (Luhman & Luhman 2021): the teacher's 64-step DDIM ODE pairs from 4096 noises
+- **regression** (Luhman & Luhman 2021): the teacher's 64-step DDIM ODE pairs from ``--pairs`` noises
   (at the times of a 4-step grid), ``--reg-steps`` updates; sampled with DDIM at 1, 2, 4 steps.
 
 The teacher is sampled with DDIM at 1, 2, 4, 8, 16, 64 and 256 steps. Metrics on ``--num-eval``
@@ -48,8 +49,9 @@ STUDENT_STEPS = (1, 2, 4)
 METHODS = ("progressive", "consistency", "regression")
 
 
-def evaluate(model, steps, noise, eval_feats, feature_net, reference, timing_noise):
-    samples = generate(model, noise, steps, generator=torch.Generator().manual_seed(123))
+def evaluate(model, steps, noise, eval_feats, feature_net, reference, timing_noise, samples=None):
+    if samples is None:
+        samples = generate(model, noise, steps, generator=torch.Generator().manual_seed(123))
     return {"fd": frechet_distance(features(feature_net, samples), eval_feats),
             "to_teacher": distance_to_teacher(samples, reference) if reference is not None else 0.0,
             "ms_per_sample": 1e3 * time_per_sample(lambda: generate(model, timing_noise, steps), len(timing_noise),
@@ -59,7 +61,7 @@ def evaluate(model, steps, noise, eval_feats, feature_net, reference, timing_noi
 def run_seed(seed, args, images, feature_net, eval_feats, shape):
     log = lambda msg: print(f"[seed {seed}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(seed)
-    teacher, history = train_teacher(teacher_denoiser(args.data, shape), images, num_steps=args.teacher_steps,
+    teacher, history = train_teacher(teacher_denoiser(args.data, shape, arch=args.arch), images, num_steps=args.teacher_steps,
                                      batch_size=128, lr=1e-3, seed=seed, progress=False)
     train_seconds = {"teacher": history["seconds"]}
     log(f"teacher trained in {history['seconds']:.0f} s")
@@ -67,7 +69,7 @@ def run_seed(seed, args, images, feature_net, eval_feats, shape):
     timing_noise = torch.randn(256, *shape, generator=torch.Generator().manual_seed(2000 + seed))
     reference = generate(teacher, noise, 256)
     rows = {("teacher", n): evaluate(teacher, n, noise, eval_feats, feature_net, None if n == 256 else reference,
-                                     timing_noise) for n in TEACHER_STEPS}
+                                     timing_noise, reference if n == 256 else None) for n in TEACHER_STEPS}
     log("teacher evaluated")
     students, history = progressive_distillation(teacher, images, start_steps=256, end_steps=1,
                                                  num_steps_per_round=args.round_steps, lr=args.student_lr, seed=seed,
@@ -82,7 +84,7 @@ def run_seed(seed, args, images, feature_net, eval_feats, shape):
     for n in STUDENT_STEPS:
         rows[("consistency", n)] = evaluate(cm, n, noise, eval_feats, feature_net, reference, timing_noise)
     log(f"consistency: {train_seconds['consistency']:.0f} s")
-    pair_noise = torch.randn(4096, *shape, generator=torch.Generator().manual_seed(3000 + seed))
+    pair_noise = torch.randn(args.pairs, *shape, generator=torch.Generator().manual_seed(3000 + seed))
     reg, history = regression_distillation(teacher, pair_noise, teacher_steps=64, max_student_steps=4,
                                            num_steps=args.reg_steps, lr=args.student_lr, seed=seed, progress=False)
     train_seconds["regression"] = history["seconds"]
@@ -102,6 +104,10 @@ def markdown(args, per_seed, floor, classifier_accuracy, budget_note):
              f"{floor:.3f}** (two disjoint real halves of {args.num_eval}). 'to teacher': RMS per sample to the "
              f"256-step teacher's sample from the same noise. Time: ms per sample, median of 3 batches of 256, "
              f"1 torch thread.", "",
+             f"Budget per seed: teacher {args.arch or ('tiny_unet' if args.data == 'mnist' else 'time_mlp')} "
+             f"{args.teacher_steps} steps; progressive {args.round_steps} steps x 8 rounds; consistency "
+             f"{args.cd_steps} steps; regression {args.reg_steps} steps on {args.pairs} ODE pairs; batch 128, "
+             f"student lr {args.student_lr}.", "",
              "| model | steps (network calls) | FD | to teacher | ms / sample |", "|---|---|---|---|---|"]
     for method in ("teacher",) + METHODS:
         for n in (TEACHER_STEPS if method == "teacher" else STUDENT_STEPS):
@@ -135,6 +141,9 @@ def main() -> None:
     parser.add_argument("--cd-steps", type=int, default=1500)
     parser.add_argument("--reg-steps", type=int, default=1500)
     parser.add_argument("--student-lr", type=float, default=3e-4)
+    parser.add_argument("--pairs", type=int, default=4096, help="regression: teacher ODE pairs")
+    parser.add_argument("--arch", choices=["time_mlp", "tiny_unet"], default=None,
+                        help="teacher network (default: time_mlp for digits, tiny_unet for MNIST)")
     parser.add_argument("--num-eval", type=int, default=None, help="samples per row (default: digits 898, mnist 1000)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()

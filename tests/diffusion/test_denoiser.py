@@ -55,3 +55,19 @@ def test_loud_errors():
         Denoiser(Recorder(), CosineSchedule(), "epsilon")
     with pytest.raises(ValueError, match=r"shaped \(batch,\)"):
         Denoiser(Recorder(), CosineSchedule())(torch.ones(2, 3), torch.ones(3))
+
+
+@pytest.mark.parametrize("arch", ["time_mlp", "tiny_unet"])
+def test_default_networks_keep_the_shape_and_train(arch):
+    from distill.diffusion.pipeline import teacher_denoiser
+    from distill.diffusion.teacher import denoising_loss
+
+    torch.manual_seed(0)
+    denoiser = teacher_denoiser("mnist", (1, 28, 28), "small", arch)
+    x = torch.randn(4, 1, 28, 28)
+    assert denoiser(x, torch.rand(4)).shape == x.shape
+    loss = denoising_loss(denoiser, x, torch.randn_like(x), torch.rand(4))
+    loss.backward()
+    assert all(p.grad is not None for p in denoiser.parameters())
+    with pytest.raises(ValueError, match="valid: time_mlp, tiny_unet"):
+        teacher_denoiser("mnist", (1, 28, 28), arch="resnet")

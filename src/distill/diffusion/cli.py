@@ -46,6 +46,7 @@ def train_teacher_command(
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(1e-3),
     size: str = typer.Option("default", help="default | small (smoke tests)"),
+    arch: Optional[str] = typer.Option(None, help="time_mlp | tiny_unet (default: tiny_unet for mnist, else time_mlp)"),
     root: Optional[Path] = typer.Option(None, help="MNIST IDX folder, e.g. ../shared/data/mnist"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (recorded)"),
@@ -58,7 +59,7 @@ def train_teacher_command(
     _setup(threads, seed)
     try:
         images, _ = load_images(data, "train", root)
-        teacher, history = train_teacher(teacher_denoiser(data, tuple(images.shape[1:]), size), images,
+        teacher, history = train_teacher(teacher_denoiser(data, tuple(images.shape[1:]), size, arch), images,
                                          num_steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

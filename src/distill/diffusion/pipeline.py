@@ -3,7 +3,7 @@
 Data sets: ``toy`` (the 2-D eight-Gaussian mixture, 8192 points), ``digits`` (scikit-learn 8x8,
 train split, standardised as :func:`distill.data.datasets.digits`), ``mnist`` (IDX files under
 ``root``, normalised as :func:`distill.data.datasets.mnist`). Default networks: a TimeMLP for toy
-and digits, a TinyUNet for MNIST; teachers are v-parameterised on the cosine schedule with
+and digits, a TinyUNet for MNIST (or a TimeMLP with ``arch="time_mlp"``); teachers are v-parameterised on the cosine schedule with
 EDM's c_noise as time input.
 """
 from __future__ import annotations
@@ -36,18 +36,23 @@ def load_images(name: str, split: str = "train", root: str | Path | None = None)
     return dataset.inputs, dataset.targets
 
 
-def default_net(name: str, shape: tuple[int, ...], size: str = "default") -> nn.Module:
-    """The denoising network for a data set; ``size="small"`` for smoke tests."""
+def default_net(name: str, shape: tuple[int, ...], size: str = "default", arch: str | None = None) -> nn.Module:
+    """The denoising network for a data set: ``arch`` time_mlp | tiny_unet (default: tiny_unet for
+    MNIST, time_mlp otherwise); ``size="small"`` for smoke tests."""
     small = size == "small"
-    if name == "mnist":
+    arch = arch or ("tiny_unet" if name == "mnist" else "time_mlp")
+    if arch == "tiny_unet":
         return TinyUNet(shape, channels=(8, 16) if small else (16, 32), time_dim=32 if small else 64)
+    if arch != "time_mlp":
+        raise ValueError(f"unknown denoiser architecture {arch!r}; valid: time_mlp, tiny_unet")
     if name == "toy":
         return TimeMLP(shape, hidden=32 if small else 128, depth=1 if small else 3, time_dim=16 if small else 32)
-    return TimeMLP(shape, hidden=32 if small else 256, depth=1 if small else 3, time_dim=16 if small else 64)
+    hidden = 32 if small else (512 if name == "mnist" else 256)
+    return TimeMLP(shape, hidden=hidden, depth=1 if small else 3, time_dim=16 if small else 64)
 
 
-def teacher_denoiser(name: str, shape: tuple[int, ...], size: str = "default") -> Denoiser:
-    return Denoiser(default_net(name, shape, size), CosineSchedule(), prediction="v", time_input="c_noise")
+def teacher_denoiser(name: str, shape: tuple[int, ...], size: str = "default", arch: str | None = None) -> Denoiser:
+    return Denoiser(default_net(name, shape, size, arch), CosineSchedule(), prediction="v", time_input="c_noise")
 
 
 @torch.no_grad()
