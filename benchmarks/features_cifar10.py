@@ -1,6 +1,7 @@
 """Issue 3 benchmark: intermediate-layer and cross-architecture distillation on CIFAR-10.
 
     python benchmarks/features_cifar10.py [--seeds 0 1 2] [--subset 10000] [--teacher-epochs 15] [--student-epochs 8]
+        [--teachers resnet vit] [--reuse resnet=RUN/model.safetensors] [--feature-weights hint=1 ...] [--name NAME]
 
 Two teachers trained on the same CIFAR-10 training subset: a ResNet-8 and a small ViT; each
 distilled into one small CNN (16-32-64 channels): the student alone (hard labels), soft targets
@@ -8,13 +9,18 @@ alone (0.9 x KL(T=4) + 0.1 x CE), and soft targets plus each feature loss (pairs
 student's stages spread over the teacher's). Test accuracy on the full 10,000-image test split,
 mean ± sd over seeds, every run with the same budget. The budget is cut to fit 2 CPU cores
 (a training subset, few epochs, no augmentation); numbers are far below full-budget CIFAR-10.
+``--reuse`` takes an already trained teacher (e.g. one trained on all 50,000 images with
+augmentation), so the students can learn from a teacher stronger than their own data allows.
+Feature weights default to the papers' (``PAPER_WEIGHTS``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, fmt_mean_std, mean_std, require_data, write_result  # noqa: E402
@@ -28,12 +34,17 @@ TEACHERS = {
 }
 STUDENT = {"model": "cnn", "params": {"channels": [16, 32, 64]}}
 KD = [{"name": "kl", "weight": 0.9, "temperature": 4.0}, {"name": "cross_entropy", "weight": 0.1}]
-FEATURES = {  # label: feature terms added to soft targets
-    "+ hint (FitNets)": [{"loss": "hint", "weight": 1.0}],
-    "+ attention transfer": [{"loss": "attention_transfer", "weight": 100.0}],
-    "+ similarity-preserving": [{"loss": "similarity_preserving", "weight": 100.0}],
-    "+ RKD distance": [{"loss": "rkd_distance", "weight": 1.0}],
+FEATURES = {  # label: feature terms added to soft targets, at --feature-weights (default: the papers')
+    "+ hint (FitNets)": "hint",
+    "+ attention transfer": "attention_transfer",
+    "+ similarity-preserving": "similarity_preserving",
+    "+ RKD distance": "rkd_distance",
 }
+# The papers' weights, in this project's loss conventions: FitNets 1 (MSE); attention transfer
+# beta/2 with beta = 1000 / (attention-map positions), ~2 for the 16x16 and 8x8 maps here (our
+# loss is the per-sample norm, batch-averaged); similarity-preserving gamma = 3000 (Tung & Mori,
+# same ||G_s - G_t||^2 / B^2); RKD distance 25 (Park et al.).
+PAPER_WEIGHTS = {"hint": 1.0, "attention_transfer": 2.0, "similarity_preserving": 3000.0, "rkd_distance": 25.0}
 VIT_FEATURES = ["+ hint (FitNets)", "+ similarity-preserving"]  # attention transfer needs maps on both sides
 
 
@@ -45,7 +56,16 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "features_cifar10")
+    parser.add_argument("--teachers", nargs="+", choices=list(TEACHERS), default=list(TEACHERS))
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="KEY=MODEL_FILE",
+                        help="use an already trained teacher, e.g. resnet=runs/.../model.safetensors")
+    parser.add_argument("--feature-weights", nargs="+", default=[], metavar="LOSS=WEIGHT",
+                        help=f"override the papers' weights {PAPER_WEIGHTS}")
+    parser.add_argument("--name", default="features_cifar10", help="result name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
+    weights = {**PAPER_WEIGHTS, **{k: float(v) for k, v in (item.split("=", 1) for item in args.feature_weights)}}
+    reuse = {k: Path(v) for k, v in (item.split("=", 1) for item in args.reuse)}
+    selected = {key: TEACHERS[key] for key in args.teachers}
     root = require_data("cifar10")
     started = time.time()
     base = {"data": {"name": "cifar10", "root": str(root), "batch_size": 128, "eval_batch_size": 1000,
@@ -53,9 +73,17 @@ def main() -> None:
             "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0005},
             "schedule": {"name": "cosine", "warmup_steps": 50},
             "train": {"threads": args.threads, "log_every": 50, "eval_every_epoch": False}}
-    teachers = {}
-    for key, (label, spec) in TEACHERS.items():
+    teachers, teacher_notes = {}, {}
+    for key, (label, spec) in selected.items():
         print(f"teacher {label}", flush=True)
+        if key in reuse:  # trained elsewhere: its run folder says how
+            made = load_recipe(reuse[key].parent / "recipe.yaml")
+            teachers[key] = SimpleNamespace(model_path=reuse[key], metrics=json.loads((reuse[key].parent / "eval.json").read_text()))
+            teacher_notes[key] = (f"reused from {reuse[key]} ({made.train.epochs} epochs on {made.data.train_subset or 'all 50,000'} "
+                                  f"training images, augmentation {made.data.augment.name if made.data.augment else 'none'})")
+            print(f"  reused: accuracy {teachers[key].metrics['accuracy']:.4f}", flush=True)
+            continue
+        teacher_notes[key] = f"{args.teacher_epochs} epochs on the students' {args.subset:,} images"
         result = run_recipe(load_recipe({**base, "name": f"teacher-{key}", "seed": 0, "output_dir": str(args.out / f"teacher-{key}"),
                                          "student": spec, "train": {**base["train"], "epochs": args.teacher_epochs}}),
                             overwrite=True, progress=False, measure_latency=False)
@@ -63,12 +91,12 @@ def main() -> None:
         print(f"  accuracy {result.metrics['accuracy']:.4f} ({result.train_seconds:.0f} s)", flush=True)
 
     plan = [("student alone (hard labels)", None, [{"name": "cross_entropy"}], [])]
-    for key in TEACHERS:
+    for key in selected:
         plan.append((f"{key} -> CNN: soft targets", key, KD, []))
-        for label, features in FEATURES.items():
+        for label, loss in FEATURES.items():
             if key == "vit" and label not in VIT_FEATURES:
                 continue
-            plan.append((f"{key} -> CNN: soft targets {label}", key, KD, features))
+            plan.append((f"{key} -> CNN: soft targets {label}", key, KD, [{"loss": loss, "weight": weights[loss]}]))
     results: dict[str, dict[str, list[float]]] = {}
     for label, teacher_key, losses, features in plan:
         results[label] = {"accuracy": [], "agreement": [], "train_seconds": []}
@@ -85,7 +113,7 @@ def main() -> None:
             print(f"  {label} seed {seed}: accuracy {result.metrics['accuracy']:.4f} ({result.train_seconds:.0f} s)", flush=True)
 
     alone = mean_std(results["student alone (hard labels)"]["accuracy"])[0]
-    soft = {key: mean_std(results[f"{key} -> CNN: soft targets"]["accuracy"])[0] for key in TEACHERS}
+    soft = {key: mean_std(results[f"{key} -> CNN: soft targets"]["accuracy"])[0] for key in selected}
     rows = ["| student (CNN 16-32-64) trained with | test accuracy % | Δ vs alone | Δ vs soft targets alone | train s/run |",
             "|---|---|---|---|---|"]
     for label, r in results.items():
@@ -98,19 +126,21 @@ def main() -> None:
              and mean_std(r["accuracy"])[0] > soft[label.split(" ")[0]] + mean_std(r["accuracy"])[1]]
     markdown = "\n".join([
         "Teachers (seed 0): " + "; ".join(f"{TEACHERS[k][0]} {teachers[k].metrics['parameters']:,} parameters, "
-                                          f"test accuracy {100 * teachers[k].metrics['accuracy']:.2f}%" for k in TEACHERS) + ".",
+                                          f"test accuracy {100 * teachers[k].metrics['accuracy']:.2f}%, {teacher_notes[k]}"
+                                          for k in selected) + ".",
         "",
         *rows,
         "",
-        f"Budget: {args.subset:,} training images (a fixed subset), teachers {args.teacher_epochs} epochs, students "
+        f"Budget: {args.subset:,} training images (a fixed subset), students "
         f"{args.student_epochs} epochs, batch 128, AdamW 2e-3, no augmentation, {args.threads} thread(s), seeds "
-        f"{', '.join(map(str, args.seeds))}. Feature pairs: auto (each CNN stage paired with a teacher stage). "
+        f"{', '.join(map(str, args.seeds))}. Feature pairs: auto (each CNN stage paired with a teacher stage); "
+        f"feature weights {json.dumps(weights)}. "
         "Feature terms whose mean beats soft targets alone by more than one standard deviation: "
         + (", ".join(gains) if gains else "none") + ".",
     ])
-    path = write_result("features_cifar10", {"seeds": args.seeds, "subset": args.subset, "teacher_epochs": args.teacher_epochs,
-                                             "student_epochs": args.student_epochs, "results": results,
-                                             "teachers": {k: v.metrics for k, v in teachers.items()}}, markdown, started)
+    path = write_result(args.name, {"seeds": args.seeds, "subset": args.subset, "teacher_epochs": args.teacher_epochs,
+                                    "student_epochs": args.student_epochs, "results": results, "feature_weights": weights,
+                                    "teachers": {k: v.metrics for k, v in teachers.items()}}, markdown, started)
     print(markdown)
     print(f"wrote {path}")
 
