@@ -30,6 +30,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "mobile": ("fp32", "8da4w"),
     "web": ("fp32",),
 }
+MARKER = ".distill-export"
 RUNTIMES = {"cpu": "onnxruntime (CPU)", "gpu": "onnxruntime (CPU provider here; CUDA/TensorRT on a GPU)",
             "mobile": "executorch (XNNPACK)", "web": "onnxruntime-web (wasm); checked here with onnxruntime"}
 
@@ -150,10 +151,11 @@ class Exporter:
         """Build, verify and describe one variant; returns its card (``status`` verified or refused)."""
         folder = self.out_dir / f"{target}-{precision}"
         if folder.exists():
-            if any(folder.iterdir()) and not (folder / "card.json").is_file():
+            if any(folder.iterdir()) and not any((folder / name).is_file() for name in (MARKER, "card.json")):
                 raise ExportError(f"{folder} exists and is not an export folder (no card.json); choose another --out")
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
+        (folder / MARKER).touch()  # this folder is ours to replace, even when an export stops half-way
         path, runner, runtime = self.build(target, precision, folder)
         logits = run_batched(runner, self.inputs)
         tolerance = DEFAULT_TOLERANCES[precision].with_overrides(self.options.max_abs_diff, self.options.min_agreement)
