@@ -207,9 +207,10 @@ def goal_lines(numbers: dict) -> dict:
             for row in rows:
                 if row["runtime"] != "onnxruntime" or not row["name"].startswith("cpu-") or row["status"] != "verified":
                     continue
-                ok = row["speedup_b1"] >= 10 and row["speedup_b64"] >= 10 and row["accuracy"] >= teacher["accuracy"] - 0.01
-                candidate = (ok, row["accuracy"], label, row, teacher)
-                best = candidate if best is None or candidate[:2] > best[:2] else best
+                fast = row["speedup_b1"] >= 10 and row["speedup_b64"] >= 10
+                ok = fast and row["accuracy"] >= teacher["accuracy"] - 0.01
+                candidate = (ok, fast, row["accuracy"], label, row, teacher)  # best: meets it, else fast, then accurate
+                best = candidate if best is None or candidate[:3] > best[:3] else best
             for card in result["cards"]:
                 if card.get("precision") == "int4" and card.get("size"):
                     ratio = card["size"]["fp32_onnx_bytes"] / card["size"]["artifact_bytes"]
@@ -217,9 +218,10 @@ def goal_lines(numbers: dict) -> dict:
                     size_lines.append(f"{dataset} {label} cpu-int4 file {ratio:.2f}x smaller than its fp32 ONNX "
                                       f"(goal >= 6x: {'met' if ratio >= 6 else 'missed'})")
         if best is not None:
-            ok, accuracy, label, row, teacher = best
+            ok, fast, accuracy, label, row, teacher = best
             met_latency.append(ok)
-            lines.append(f"{dataset}: {'a' if ok else 'the most accurate'} CPU variant, {label} {row['name']}: "
+            which = "a" if ok else ("the most accurate >= 10x faster" if fast else "the most accurate")
+            lines.append(f"{dataset}: {which} CPU variant, {label} {row['name']}: "
                          f"{100 * accuracy:.2f}% vs teacher {100 * teacher['accuracy']:.2f}% "
                          f"({100 * (accuracy - teacher['accuracy']):+.2f} points), {row['speedup_b1']:.1f}x / "
                          f"{row['speedup_b64']:.1f}x lower latency at batch 1 / 64 "

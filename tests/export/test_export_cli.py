@@ -86,3 +86,14 @@ def test_a_missing_runtime_names_its_extra(monkeypatch):
     monkeypatch.setattr(web, "REPO_ROOT", web.Path("/nonexistent"))
     with pytest.raises(MissingRuntimeError, match="npm install --prefix web"):
         web.ort_web_dist()
+
+
+def test_a_training_checkpoint_is_not_a_student(fresh_run):
+    step = fresh_run / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes((fresh_run / "model.safetensors").read_bytes())
+    (step / "state.pt").write_bytes(b"")
+    result = invoke("export", step, "--target", "cpu")
+    assert result.exit_code == 2
+    assert "is not a student checkpoint: it is a training checkpoint" in error_text(result)
+    assert f"export the finished run {fresh_run}" in error_text(result)

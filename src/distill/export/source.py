@@ -167,10 +167,16 @@ def load_student(path: str | Path, *, data: str | None = None, root: str | Path 
     model_file, run_dir = resolve_checkpoint(path)
     if model_file.suffix != ".safetensors":
         raise _not_a_student(model_file, f"it is a {model_file.suffix or 'suffix-less'} file, not .safetensors")
+    if (model_file.parent / "state.pt").is_file():
+        run = model_file.parent.parent.parent
+        raise _not_a_student(model_file, f"it is a training checkpoint (resume state); export the finished run {run}")
     try:
         model, spec = load_model(model_file)
     except ArtifactError as exc:
-        raise _not_a_student(model_file, str(exc)) from exc
+        reason = str(exc)
+        if "metadata" in reason:
+            reason = "it carries no 'distill' metadata (the spec that rebuilds the model), so `distill run` did not write it"
+        raise _not_a_student(model_file, reason) from exc
     if any(isinstance(m, _QuantMixin) for m in model.modules()):  # fake-quantized: its packed integer form
         from distill.quant import convert
 
