@@ -233,7 +233,7 @@ def export_(
     target: str = typer.Option(..., help="cpu | gpu | mobile | web"),
     precision: Optional[List[str]] = typer.Option(None, help="repeatable; default: every precision the target and "
                                                   "student allow (cpu: fp32 int8-dynamic int8-static int4/int2; "
-                                                  "gpu: fp16; mobile: fp32 8da4w; web: fp32)"),
+                                                  "gpu: fp16; mobile: fp32 8da4w; web: fp32 int4)"),
     out: Optional[Path] = typer.Option(None, help="export folder (default: <run folder>/export)"),
     data: Optional[str] = typer.Option(None, help="held-out dataset (default: the run folder's recipe)"),
     root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),

@@ -39,12 +39,13 @@ def require_browser(skip_or_fail) -> None:
         skip_or_fail(str(exc))
 
 
-@pytest.fixture
-def served(digits_runs, tmp_path, skip_or_fail):
+@pytest.fixture(params=["fp32", "int4"])
+def served(request, digits_runs, tmp_path, skip_or_fail):
     require_browser(skip_or_fail)
-    student = load_student(digits_runs["fp32"])
-    card = Exporter(student, tmp_path / "export", ExportOptions(latency_repeats=3)).export("web", "fp32")
-    folder = tmp_path / "export" / "web-fp32"
+    precision = request.param  # int4: the page runs MatMulNBits with the student's own codes
+    student = load_student(digits_runs[precision])
+    card = Exporter(student, tmp_path / "export", ExportOptions(latency_repeats=3)).export("web", precision)
+    folder = tmp_path / "export" / f"web-{precision}"
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

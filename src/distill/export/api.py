@@ -28,7 +28,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "cpu": ("fp32", "int8-dynamic", "int8-static", "int4", "int2"),
     "gpu": ("fp16",),
     "mobile": ("fp32", "8da4w"),
-    "web": ("fp32",),
+    "web": ("fp32", "int4"),  # the precisions the browser test runs in Chromium
 }
 MARKER = ".distill-export"
 RUNTIMES = {"cpu": "onnxruntime (CPU)", "gpu": "onnxruntime (CPU provider here; CUDA/TensorRT on a GPU)",
