@@ -105,7 +105,8 @@ class Exporter:
         if target == "mobile":
             from distill.export.mobile import to_executorch
 
-            runtime.update(to_executorch(student.float_model(), student.input_shape, precision, folder))
+            packed = {path: module.packed_layer() for path, module in packed_modules(student.model).items()}
+            runtime.update(to_executorch(student.float_model(), student.input_shape, precision, folder, packed))
             import importlib.metadata as metadata
 
             runtime.update(name="executorch", version=metadata.version("executorch"))
@@ -192,9 +193,11 @@ class Exporter:
         if target == "gpu":
             card["notes"].append("latency measured with onnxruntime's CPU provider, which emulates fp16 slowly: "
                                  "time it on the GPU")
-        if runtime.get("kept_float_linears"):
-            card["notes"].append(f"8da4w: Linear layers kept in float (inputs not a multiple of 32): "
-                                 f"{', '.join(runtime['kept_float_linears'])}")
+        for key, text in (("own_codes", "4-bit layers holding the student's own codes"),
+                          ("torchao_rounded", "layers rounded to 4 bits by torchao (groups of 32)"),
+                          ("kept_float_linears", "Linear layers kept in float (inputs not a multiple of 32)")):
+            if runtime.get(key):
+                card["notes"].append(f"8da4w: {text}: {', '.join(runtime[key])}")
         if runtime.get("not_delegated_ops"):
             card["notes"].append(f"ops left to ExecuTorch's portable kernels: {', '.join(runtime['not_delegated_ops'])}")
         write_card(folder, card)
