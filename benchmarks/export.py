@@ -17,7 +17,7 @@ trained here with short budgets (2 shared CPU cores):
 
 Every student is exported for every target (`distill export`'s API: cpu fp32 / int8-dynamic /
 int8-static / int4 / int2 where the student holds those codes, gpu fp16, mobile fp32 / 8da4w,
-web fp32), each variant verified against the eager student on the whole test split, then
+web fp32 / int4), each variant verified against the eager student on the whole test split, then
 `distill bench`'s API times teacher, student and variants side by side in this one process:
 median of repeated runs after warm-up, batch 1 and 64, ``--threads`` threads.
 """
@@ -212,7 +212,7 @@ def goal_lines(numbers: dict) -> dict:
                 candidate = (ok, fast, row["accuracy"], label, row, teacher)  # best: meets it, else fast, then accurate
                 best = candidate if best is None or candidate[:3] > best[:3] else best
             for card in result["cards"]:
-                if card.get("precision") == "int4" and card.get("size"):
+                if card.get("target") == "cpu" and card.get("precision") == "int4" and card.get("size"):
                     ratio = card["size"]["fp32_onnx_bytes"] / card["size"]["artifact_bytes"]
                     met_size.append(ratio >= 6)
                     size_lines.append(f"{dataset} {label} cpu-int4 file {ratio:.2f}x smaller than its fp32 ONNX "
