@@ -16,17 +16,19 @@ def test_executorch_variants_match_eager(digits_runs, tmp_path, skip_or_fail, mo
         skip_or_fail("executorch is not installed (pip install 'distill[mobile]')")
     from distill.export import mobile
 
-    monkeypatch.setattr(mobile, "BATCH_SIZES", (1, 8))  # static programs; 360 test samples run in padded chunks of 8
+    monkeypatch.setattr(mobile, "BATCH_SIZES", (1,))  # static programs (benchmarks: 1 and 64); 360 samples one by one
     student = load_student(digits_runs["fp32"])
     exporter = Exporter(student, tmp_path, ExportOptions(latency_repeats=3))
     fp32 = exporter.export("mobile", "fp32")
     assert fp32["status"] == "verified" and fp32["parity"]["max_abs_diff"] < 1e-4
     assert fp32["runtime"]["backend"] == "XNNPACK" and fp32["runtime"]["delegated_calls"] >= 1
-    assert fp32["runtime"]["programs"] == {"1": "model.pte", "8": "model.b8.pte"}
+    assert fp32["runtime"]["programs"] == {"1": "model.pte"}
+    assert fp32["inputs"][0]["shape"] == ["1 (model.pte)", 1, 8, 8]
     runner = ExecuTorchRunner({1: tmp_path / "mobile-fp32" / "model.pte"})
     inputs = student.dataset("test").inputs[:5]
     with torch.no_grad():  # any batch through the batch-1 program, one sample at a time
         np.testing.assert_allclose(runner(inputs.numpy()), student.model(inputs).numpy(), rtol=0, atol=1e-4)
+    monkeypatch.setattr(mobile, "BATCH_SIZES", (8,))  # 360 samples in zero-padded chunks of 8
     quantized = exporter.export("mobile", "8da4w")  # a float student: torchao rounds both layers (64, 32 inputs)
     assert quantized["status"] == "verified", quantized["parity"]
     assert quantized["runtime"]["torchao_rounded"] == ["layers.0.0", "head"] and quantized["runtime"]["own_codes"] == []

@@ -111,7 +111,7 @@ class Exporter:
 
             runtime.update(name="executorch", version=metadata.version("executorch"))
             programs = {int(batch): folder / name for batch, name in runtime["programs"].items()}
-            return programs[1], ExecuTorchRunner(programs, threads), runtime
+            return programs[min(programs)], ExecuTorchRunner(programs, threads), runtime
         path = folder / "model.onnx"
         if precision in ("fp32", "int8-dynamic", "int8-static"):
             if precision == "fp32":
@@ -166,13 +166,16 @@ class Exporter:
         timing = latency(runner, self.sample, repeats=self.options.latency_repeats)
         artifact_bytes = path.stat().st_size
         source = self.student
+        batch_dim: Any = "batch"
+        if "programs" in runtime:  # static shapes: one program per batch size
+            batch_dim = " | ".join(f"{batch} ({name})" for batch, name in runtime["programs"].items())
         card = {
             "name": f"{source.checkpoint.parent.name}-{target}-{precision}",
             "target": target, "precision": precision, "status": "verified" if check["passed"] else "refused",
             "artifact": {"file": path.name, "bytes": artifact_bytes, "sha256": file_sha256(path)},
             "runtime": {**runtime, "target_runtime": RUNTIMES[target]},
-            "inputs": [{"name": onnx_cpu.INPUT_NAME, "dtype": "float32", "shape": ["batch", *source.input_shape]}],
-            "outputs": [{"name": onnx_cpu.OUTPUT_NAME, "dtype": "float32", "shape": ["batch", source.num_classes]}],
+            "inputs": [{"name": onnx_cpu.INPUT_NAME, "dtype": "float32", "shape": [batch_dim, *source.input_shape]}],
+            "outputs": [{"name": onnx_cpu.OUTPUT_NAME, "dtype": "float32", "shape": [batch_dim, source.num_classes]}],
             "preprocessing": {"description": "pixel / 255, then (x - mean) / std per channel", "mean": self.meta["mean"],
                               "std": self.meta["std"], "classes": self.classes},
             "size": {"artifact_bytes": artifact_bytes, "fp32_onnx_bytes": len(self.fp32_proto.SerializeToString()),
