@@ -56,7 +56,7 @@ def test_outside_tolerance_is_refused_with_the_report_kept_unless_lowered(fresh_
 @pytest.mark.parametrize("make,expected", [
     (lambda p: p.write_text("not a model"), "is not a student checkpoint: it is a .txt file"),
     (lambda p: save_file({"w": __import__("torch").zeros(2)}, str(p)), "is not a student checkpoint: .* no 'distill' metadata"),
-])
+], ids=["text-file", "safetensors-without-spec"])
 def test_a_file_that_is_not_a_student_is_refused(tmp_path, make, expected):
     path = tmp_path / ("model.txt" if "txt" in expected else "weights.safetensors")
     make(path)
