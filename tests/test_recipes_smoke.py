@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import require_shared
+from shared_data import require_shared
 import distill.runner as runner
 from distill.cli import app
 from distill.data import build_dataset

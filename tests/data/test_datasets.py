@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import require_shared
+from shared_data import require_shared
 from PIL import Image
 
 from distill.data import DATASETS, SPLITS, ArrayDataset, build_dataset, read_idx

@@ -3,7 +3,6 @@
 ``recipe.yaml`` that names its data, as ``distill run`` leaves them."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,8 +14,7 @@ from distill.artifacts import quant_config_dict, save_model
 from distill.data import build_dataset
 from distill.models import build_model
 from distill.quant import QuantConfig, quantize_rtn
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+from shared_data import IN_CI
 SPEC = {"model": "mlp", "params": {"hidden": [32]}, "input_shape": [1, 8, 8], "num_classes": 10}
 
 
