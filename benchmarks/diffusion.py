@@ -22,7 +22,7 @@ samples from fixed noise: Frechet distance in the features of a CNN classifier t
 same training images (seed 0, shared by all seeds), against one half of the real images, with
 the data-vs-data floor (the other half); distance to the teacher (RMS per sample against the
 256-step teacher's sample from the same noise); wall time per sample (median of 3 timed batches
-of 256 after one warm-up, 1 torch thread); training time per method (the regression baseline
+of 256 after one warm-up, --threads torch threads); training time per method (the regression baseline
 includes generating its ODE pairs).
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def markdown(args, per_seed, floor, classifier_accuracy, budget_note):
              f"training images (test accuracy {100 * classifier_accuracy:.1f}%); **data-vs-data floor "
              f"{floor:.3f}** (two disjoint real halves of {args.num_eval}). 'to teacher': RMS per sample to the "
              f"256-step teacher's sample from the same noise. Time: ms per sample, median of 3 batches of 256, "
-             f"1 torch thread.", "",
+             f"{args.threads} torch thread{'s' if args.threads != 1 else ''}.", "",
              f"Budget per seed: teacher {args.arch or ('tiny_unet' if args.data == 'mnist' else 'time_mlp')} "
              f"({getattr(args, 'size', 'default')}) {args.teacher_steps} steps at lr {getattr(args, 'teacher_lr', 1e-3)}; progressive {args.round_steps} steps x 8 rounds; consistency "
              f"{args.cd_steps} steps; regression {args.reg_steps} steps on {args.pairs} ODE pairs; batch 128, "
