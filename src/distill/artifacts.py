@@ -46,16 +46,21 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def state_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous, de-aliased CPU copies of a state dict's tensors (safetensors refuses shared storage)."""
+    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state.items()}
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous, de-aliased CPU copy of the state dict (safetensors refuses shared storage)."""
-    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
+    """:func:`state_copy` of ``model.state_dict()``."""
+    return state_copy(model.state_dict())
 
 
-def save_model(model: nn.Module, path: str | Path, spec: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and its rebuild ``spec`` atomically to ``path``."""
+def save_model(model: nn.Module, path: str | Path, spec: dict[str, Any], *, key: str = METADATA_KEY) -> Path:
+    """Write ``model``'s weights and its rebuild ``spec`` (metadata ``key``) atomically to ``path``."""
     path = Path(path)
     state = model_state(model)
-    metadata = {METADATA_KEY: json.dumps(spec, sort_keys=True)}
+    metadata = {key: json.dumps(spec, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path
 

@@ -362,6 +362,8 @@ def run_recipe(
             student, optimizer = accelerator.prepare(trainable, optimizer)
     distiller.student = student
 
+    plain_copy: list[nn.Module] = []  # fsdp: the one unsharded student the gathered weights go into
+
     def current_model() -> nn.Module | None:
         """The trained model to evaluate; under fsdp its full weights gathered (a collective) into a
         plain copy of the bare student on the main process (None on the others)."""
@@ -370,10 +372,11 @@ def run_recipe(
         full = full_model_state(student)
         if not accelerator.is_main_process:
             return None
+        if not plain_copy:
+            plain_copy.append(build_from_spec(recipe.student, shape, classes, "student")[0].to(accelerator.device))
         prefix = "student." if wrapper is not None else ""
-        plain = build_from_spec(recipe.student, shape, classes, "student")[0].to(accelerator.device)
-        plain.load_state_dict({key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)})
-        return plain
+        plain_copy[0].load_state_dict({key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)})
+        return plain_copy[0]
 
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
         model = current_model()

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
-from distill.artifacts import atomic_write, model_state
+from distill.artifacts import save_model
 from distill.diffusion.consistency import ConsistencyModel
 from distill.diffusion.denoiser import Denoiser
 from distill.diffusion.loop import frozen
@@ -39,10 +39,7 @@ def save_diffusion_model(model: Denoiser | ConsistencyModel, path: str | Path, *
             "net": net_spec(denoiser.model), "denoiser": denoiser.spec(), **extra}
     if isinstance(model, ConsistencyModel):
         spec["consistency"] = {"sigma_data": model.sigma_data, "sigma_min": model.sigma_min, "sigma_max": model.sigma_max}
-    path = Path(path)
-    state = model_state(denoiser.model)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: json.dumps(spec, sort_keys=True)}))
-    return path
+    return save_model(denoiser.model, path, spec, key=METADATA_KEY)
 
 
 def read_spec(path: str | Path) -> dict:

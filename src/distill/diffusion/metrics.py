@@ -16,12 +16,12 @@
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from distill.evaluation import median_time_ms
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -83,11 +83,4 @@ def distance_to_teacher(student_samples: Tensor, teacher_samples: Tensor) -> flo
 
 def time_per_sample(generate: Callable[[], Tensor], batch_size: int, repeats: int = 5, warmup: int = 1) -> float:
     """Median seconds per sample of ``generate()`` (which makes ``batch_size`` samples), warm-up excluded."""
-    for _ in range(warmup):
-        generate()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        generate()
-        times.append((time.perf_counter() - start) / batch_size)
-    return statistics.median(times)
+    return median_time_ms(generate, repeats=repeats, warmup=warmup) / 1e3 / batch_size

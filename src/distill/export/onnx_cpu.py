@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.export.source import ExportError, float_copy, packed_modules, require, set_module
+from distill.export.source import ExportError, float_copy, packed_modules, require
+from distill.models.utils import set_module
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

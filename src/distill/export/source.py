@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from distill.artifacts import ArtifactError, load_model
+from distill.models.utils import set_module
 
 
 class ExportError(ValueError):
@@ -124,12 +125,6 @@ def float_copy(model: nn.Module) -> nn.Module:
                 layer.bias.copy_(module.bias)
         set_module(model, path, layer)
     return model
-
-
-def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, module)
 
 
 def file_sha256(path: str | Path) -> str:

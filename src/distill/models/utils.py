@@ -23,3 +23,10 @@ def describe(model: nn.Module) -> str:
     if hasattr(model, "config"):
         lines.append(f"  config: {model.config}")
     return "\n".join(lines)
+
+
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``path`` of ``model`` (replacing what is there), in place."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from distill.models.utils import set_module
+
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv path, batchnorm path)`` for every foldable pair, in forward order.
@@ -80,6 +82,5 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     pairs = conv_bn_pairs(model)
     for conv_path, bn_path in pairs:
         fold_conv_bn(model.get_submodule(conv_path), model.get_submodule(bn_path))
-        parent_path, _, name = bn_path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, name, nn.Identity())
+        set_module(model, bn_path, nn.Identity())
     return pairs

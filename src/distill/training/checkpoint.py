@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill.artifacts import atomic_write, load_weights, model_state
+from distill.artifacts import atomic_write, load_weights, model_state, state_copy
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -54,9 +54,7 @@ def save_checkpoint(
     final = directory / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
     try:
-        weights = model_state(model) if isinstance(model, nn.Module) else {
-            name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.items()}
-        save_file(weights, str(tmp / MODEL_FILE))
+        save_file(model_state(model) if isinstance(model, nn.Module) else state_copy(model), str(tmp / MODEL_FILE))
         torch.save(state, tmp / STATE_FILE)
         for name in (MODEL_FILE, STATE_FILE):
             with open(tmp / name, "rb") as handle:
