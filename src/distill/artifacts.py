@@ -4,6 +4,17 @@ A distill model file is a ``.safetensors`` file whose metadata holds, under the 
 ``distill``, a JSON object ``{"model": name, "params": {...}, "input_shape": [C, H, W],
 "num_classes": K, ...}``. Loading never unpickles anything.
 
+**Trust.** A model file is data: it may only name a *registered* architecture
+(``distill.models.MODELS``). A spec naming user code (``package.module:callable``) is refused
+unless the caller passes ``trust_code=True`` (``--trust-code`` on the command line, as Hugging
+Face's ``trust_remote_code``), because loading it would import and run that code.
+
+**Integrity.** :func:`save_model` stores a sha256 of the tensors (names, dtypes, shapes and
+bytes, :func:`tensor_digest`) in the metadata key ``distill.sha256`` and refuses to write
+non-finite weights; :func:`load_state` recomputes the digest and refuses a file whose bytes
+changed (a flipped byte loads as a NaN model otherwise). Files without a digest (written
+before it existed, or by other tools) load unchecked.
+
 A quantized model (``distill.quant``) carries its :class:`~distill.quant.QuantConfig` in the
 spec as ``"quantize"``: :func:`load_model` rebuilds the float model, ``prepare``s it with that
 config and loads the fake-quantized weights and quantizer parameters. A packed file
@@ -24,10 +35,75 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 METADATA_KEY = "distill"
+DIGEST_KEY = "distill.sha256"
 
 
 class ArtifactError(ValueError):
     """A model file that is missing, unreadable or not a distill model."""
+
+
+class UntrustedCodeError(ArtifactError):
+    """A model file that names user code to import (``package.module:callable``) without ``trust_code``."""
+
+
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor of ``state`` in name order: its name, dtype, shape and raw bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{str(tensor.dtype)}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [name for name, tensor in state.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ArtifactError when a tensor of ``state`` is not finite (nothing non-finite is ever written)."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise ArtifactError(f"{what}: {len(bad)} tensor(s) hold NaN or inf values ({', '.join(bad[:5])}); "
+                            "refusing to write them")
+
+
+def read_metadata(path: str | Path, *, what: str = "model file") -> dict[str, str]:
+    """The ``__metadata__`` strings of the safetensors file ``path`` (ArtifactError naming it if unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not a readable .safetensors file (truncated or not a model file?): {exc}") from exc
+
+
+def load_state(path: str | Path, *, what: str = "model file") -> dict[str, torch.Tensor]:
+    """All tensors of the safetensors file ``path``, verified against its ``distill.sha256`` digest.
+
+    Raises ArtifactError (naming the file) when it is missing, unreadable, truncated or corrupted.
+    """
+    metadata = read_metadata(path, what=what)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not a readable .safetensors file (truncated or not a model file?): {exc}") from exc
+    expected = metadata.get(DIGEST_KEY)
+    if expected is not None and tensor_digest(state) != expected:
+        raise ArtifactError(f"{what} {path} is corrupted: its tensors do not match the sha256 recorded when it was "
+                            "written (a changed or damaged file); use an intact copy")
+    return state
+
+
+def with_digest(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> dict[str, str]:
+    """``metadata`` plus the :data:`DIGEST_KEY` entry for ``state``."""
+    return {**(metadata or {}), DIGEST_KEY: tensor_digest(state)}
 
 
 def atomic_write(path: Path, write) -> None:
@@ -60,7 +136,8 @@ def save_model(model: nn.Module, path: str | Path, spec: dict[str, Any], *, key:
     """Write ``model``'s weights and its rebuild ``spec`` (metadata ``key``) atomically to ``path``."""
     path = Path(path)
     state = model_state(model)
-    metadata = {key: json.dumps(spec, sort_keys=True)}
+    check_finite_state(state, f"model file {path}")
+    metadata = with_digest(state, {key: json.dumps(spec, sort_keys=True)})
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path
 
@@ -68,28 +145,51 @@ def save_model(model: nn.Module, path: str | Path, spec: dict[str, Any], *, key:
 def read_spec(path: str | Path) -> dict[str, Any]:
     """The rebuild spec stored in a distill model file."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"model file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise ArtifactError(f"{path} is not a readable .safetensors file: {exc}") from exc
+    metadata = read_metadata(path)
     if METADATA_KEY not in metadata:
         raise ArtifactError(
             f"{path} has no '{METADATA_KEY}' metadata: it was not written by distill, so give "
             "'model' and 'params' next to 'checkpoint' in the recipe"
         )
-    return json.loads(metadata[METADATA_KEY])
+    try:
+        spec = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({exc}); the file is damaged") from None
+    missing = [key for key in ("model", "input_shape", "num_classes") if not isinstance(spec, dict) or key not in spec]
+    if missing:
+        raise ArtifactError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; the file is damaged "
+                            "or was not written by distill.save_model")
+    return spec
+
+
+def check_architecture(spec: dict[str, Any], path: str | Path, *, trust_code: bool = False) -> str:
+    """The architecture name a model file's ``spec`` gives, if distill may build it.
+
+    Registered names are always allowed. ``package.module:callable`` (user code) only with
+    ``trust_code=True``: otherwise :class:`UntrustedCodeError` says why and how to allow it.
+    Anything else is an ArtifactError naming the valid architectures.
+    """
+    from distill.models import MODELS
+
+    name = spec.get("model")
+    if isinstance(name, str) and name in MODELS:
+        return name
+    if isinstance(name, str) and ":" in name:
+        if trust_code:
+            return name
+        raise UntrustedCodeError(
+            f"{path} names its architecture as code to import and run, {name!r}. distill never runs code named by a "
+            "model file unless you say you trust it: pass --trust-code (trust_code=True in Python, like Hugging "
+            "Face's trust_remote_code) only for a file from someone you trust, or give the architecture yourself "
+            "(a recipe's 'model:' next to 'checkpoint:')"
+        )
+    raise ArtifactError(f"{path} names an unknown architecture {name!r}; valid: {', '.join(MODELS.names())}")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load safetensors weights into ``model``; a mismatch names the missing/unexpected keys."""
     path = Path(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ArtifactError(f"{path} is not a readable .safetensors file: {exc}") from exc
+    state = load_state(path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ArtifactError(
@@ -139,13 +239,20 @@ def load_into(model: nn.Module, path: str | Path, spec: dict[str, Any]) -> nn.Mo
     return load_weights(model, path)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a distill model file; returns ``(model in eval mode, spec)``."""
+def load_model(path: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a distill model file; returns ``(model in eval mode, spec)``.
+
+    The file may only name a registered architecture, unless ``trust_code=True`` lets it name
+    ``package.module:callable`` (which is then imported and called: only for trusted files).
+    """
     from distill.models import build_model
 
     spec = read_spec(path)
-    model = build_model(
-        spec["model"], input_shape=tuple(spec["input_shape"]), num_classes=spec["num_classes"], **spec.get("params", {})
-    )
+    name = check_architecture(spec, path, trust_code=trust_code)
+    try:
+        model = build_model(name, input_shape=tuple(spec["input_shape"]), num_classes=spec["num_classes"],
+                            **spec.get("params", {}))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"{path}: its spec does not build a model: {exc}") from None
     load_into(model, path, spec)
     return model.eval(), spec

@@ -33,7 +33,19 @@ def _user_errors():
     from distill.recipe import RecipeError
     from distill.registry import UnknownNameError
 
-    return (RecipeError, ArtifactError, UnknownNameError, FileNotFoundError, ValueError)
+    return (RecipeError, ArtifactError, UnknownNameError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ValueError)
+
+
+TRUST_CODE_HELP = ("let a model file name its architecture as code to import and run (package.module:callable), "
+                   "like Hugging Face's trust_remote_code; only for files from someone you trust")
+
+
+def _trust_recipe_code(recipe) -> None:
+    """``distill run --trust-code``: every model spec of the recipe may name user code in its checkpoint."""
+    specs = [recipe.student] + ([spec for _, spec in recipe.teacher.members()] if recipe.teacher is not None else [])
+    for spec in specs:
+        spec.trust_code = True
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
@@ -57,7 +69,10 @@ def demo(
     """Distil a CNN teacher into a >10x smaller MLP on scikit-learn's digits and compare."""
     from distill.demo import run_demo
 
-    results = run_demo(out, cache_dir, progress=progress, console=console)
+    try:
+        results = run_demo(out, cache_dir, progress=progress, console=console)
+    except _user_errors() as exc:
+        _fail(str(exc))
     console.print(metrics_table("distill demo: digits, test split", list(results.items())))
     console.print(f"Report: {out / 'report.md'}")
 
@@ -70,19 +85,26 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run folder"),
     progress: bool = typer.Option(True, help="show progress bars"),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="data-parallel processes on this machine (torchrun)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Train the student a recipe describes, evaluate it, write the run folder."""
     from distill.recipe import load_recipe
     from distill.runner import run_recipe
+    from distill.training.loop import NonFiniteError
 
     if num_processes > 1:
-        _launch(num_processes, recipe, overrides or [], resume=resume, overwrite=overwrite, progress=progress)
+        _launch(num_processes, recipe, overrides or [], resume=resume, overwrite=overwrite, progress=progress,
+                trust_code=trust_code)
         return
     try:
         loaded = load_recipe(recipe, overrides or [])
+        if trust_code:
+            _trust_recipe_code(loaded)
         result = run_recipe(loaded, resume=resume, overwrite=overwrite, progress=progress)
     except _user_errors() as exc:
         _fail(str(exc))
+    except NonFiniteError as exc:
+        _fail(str(exc), code=1)
     if result.metrics:  # only the main process evaluates
         console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
         console.print(f"Run folder: {result.run_dir}")
@@ -100,7 +122,7 @@ def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: boo
         _fail(str(exc))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
                "-m", "distill", "run", str(recipe), *overrides]
-    command += [f"--{name}" for name in ("resume", "overwrite") if flags[name]]
+    command += [f"--{name.replace('_', '-')}" for name in ("resume", "overwrite", "trust_code") if flags[name]]
     command += [] if flags["progress"] else ["--no-progress"]
     console.print(f"launching: {' '.join(command[1:])}", highlight=False)
     code = subprocess.call(command)
@@ -144,6 +166,7 @@ def inspect(
     root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),
     params: str = typer.Option("{}", help='a named model\'s parameters as YAML, e.g. "{channels: [16, 32]}"'),
     depth: Optional[int] = typer.Option(None, help="show module paths down to this depth only"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Print a model's module paths with their output shapes (for feature pairs and quantize patterns)."""
     import torch
@@ -156,7 +179,7 @@ def inspect(
 
     try:
         if model.endswith(".safetensors"):
-            built, spec = load_model(model)
+            built, spec = load_model(model, trust_code=trust_code)
             sample = torch.zeros(2, *spec["input_shape"])
         else:
             dataset = build_dataset(data, "test", root=root)
@@ -198,6 +221,7 @@ def eval_(
     teacher: Optional[Path] = typer.Option(None, help="teacher model file, for agreement and KL"),
     split: str = typer.Option("test", help="split to evaluate on"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics here"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Accuracy, agreement and KL with a teacher, ECE, parameters, bytes, latency."""
     from distill.artifacts import load_model
@@ -205,11 +229,11 @@ def eval_(
     from distill.evaluation import evaluate, predict
 
     try:
-        student, _ = load_model(model)
+        student, _ = load_model(model, trust_code=trust_code)
         dataset = build_dataset(data, split, root=root)
         teacher_logits, rows = None, []
         if teacher is not None:
-            teacher_model = load_model(teacher)[0]
+            teacher_model = load_model(teacher, trust_code=trust_code)[0]
             teacher_logits = predict(teacher_model, dataset.inputs)
             rows.append((f"teacher ({teacher.name})", evaluate(teacher_model, dataset.inputs, dataset.targets, file=teacher)))
         metrics = evaluate(student, dataset.inputs, dataset.targets, teacher_logits=teacher_logits, file=model)

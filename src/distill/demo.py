@@ -48,11 +48,12 @@ def run_demo(out_dir: Path, cache_dir: Path, *, progress: bool = True, console=N
     """
     from distill.report.demo import write_demo_report
     from distill.runner import run_recipe
+    from distill.safety import check_writable_dir, mark_owned, remove_owned
 
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    check_writable_dir(out_dir, "--out")
+    remove_owned(out_dir, "--out folder")  # only a folder an earlier demo made (or an empty one)
+    mark_owned(out_dir, "demo")
     say = console.print if console is not None else print
 
     # the teacher is cached under a name derived from its recipe (minus its output folder)
@@ -68,7 +69,7 @@ def run_demo(out_dir: Path, cache_dir: Path, *, progress: bool = True, console=N
     else:
         say(f"[1/3] teacher: training {TEACHER['model']} {TEACHER['params']} (cached in {teacher_dir})")
         results["teacher"] = run_recipe(recipes["teacher"], overwrite=True, progress=progress).metrics
-    shutil.copytree(teacher_dir, out_dir / "teacher")
+    shutil.copytree(teacher_dir, out_dir / "teacher", ignore=shutil.ignore_patterns(".distill.lock*"))
 
     say(f"[2/3] student from scratch: {STUDENT['model']} {STUDENT['params']} on hard labels")
     results["student-from-scratch"] = run_recipe(recipes["scratch"], progress=progress).metrics

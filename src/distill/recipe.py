@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -44,7 +45,42 @@ def _known_name(name: str, valid, kind: str, plural: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def nonfinite_fields(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every NaN / infinite float in a nested dict / list tree."""
+    if isinstance(tree, float):
+        return [] if math.isfinite(tree) else [prefix or "(top level)"]
+    if isinstance(tree, dict):
+        return [path for key, value in tree.items() for path in nonfinite_fields(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(tree, (list, tuple)):
+        return [path for index, value in enumerate(tree) for path in nonfinite_fields(value, f"{prefix}.{index}" if prefix else str(index))]
+    return []
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (not last-wins)."""
+
+
+def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                f"key {key!r} is given twice (first at line {seen[key].line + 1}); remove one", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no objects), refusing duplicate keys."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ModelSpec(_Strict):
@@ -54,6 +90,8 @@ class ModelSpec(_Strict):
     model: Optional[str] = None
     params: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Optional[str] = None
+    trust_code: bool = Field(False, description="let 'checkpoint' name user code (package.module:callable) as its "
+                             "architecture; that code is imported and run, so only for files you trust")
 
     @model_validator(mode="after")
     def _model_or_checkpoint(self) -> "ModelSpec":
@@ -240,6 +278,8 @@ class TrainSpec(_Strict):
     grad_accum: int = Field(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_grad_norm: Optional[float] = Field(None, gt=0)
+    skip_nonfinite: int = Field(0, ge=0, description="micro-batches with a NaN/inf loss to skip before the run "
+                                "stops with an error (0: stop at the first)")
     checkpoint_every: int = Field(0, ge=0, description="optimiser steps between checkpoints; 0 = end only")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
@@ -248,6 +288,20 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU (gloo for several processes)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="several processes: ddp replicates the student, fsdp "
                                              "shards its parameters, gradients and optimiser state (FSDP2)")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _precision_spellings(cls, value: Any) -> Any:
+        """The spellings users type: ``no``/``false``/``off``/``fp32``/``none`` (YAML may make some of them
+        False or None) mean full precision; ``bfloat16`` / ``float16`` name the halves."""
+        if value is False or value is None:
+            return "no"
+        if isinstance(value, str):
+            spelled = value.strip().lower()
+            aliases = {"no": "no", "false": "no", "off": "no", "fp32": "no", "float32": "no", "none": "no",
+                       "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16"}
+            return aliases.get(spelled, value)
+        return value
 
     @model_validator(mode="after")
     def _length(self) -> "TrainSpec":
@@ -305,6 +359,15 @@ class Recipe(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     quantize: Optional[QuantSpec] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_numbers(cls, tree: Any) -> Any:
+        bad = nonfinite_fields(tree) if isinstance(tree, dict) else []
+        if bad:
+            raise ValueError(f"non-finite number (NaN or infinity) in field {', '.join(repr(b) for b in bad)}; "
+                             "every number in a recipe must be finite")
+        return tree
 
     @model_validator(mode="after")
     def _quantize_fits(self) -> "Recipe":
@@ -463,7 +526,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise RecipeError(f"override {text!r} is not of the form key=value (e.g. train.epochs=3)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise RecipeError(f"override {text!r}: the value is not valid YAML: {exc}") from None
     return key.strip().split("."), value
@@ -516,7 +579,9 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = load_yaml(path.read_text()) or {}
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{path}: not UTF-8 text ({exc})") from None
         except yaml.YAMLError as exc:
             raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(tree, dict):

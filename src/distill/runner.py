@@ -13,10 +13,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +27,8 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch import nn
 
-from distill.artifacts import METADATA_KEY, atomic_write, is_packed_file, load_into, load_model, quant_config_dict, read_spec, save_model
+from distill.artifacts import METADATA_KEY, atomic_write, check_architecture, is_packed_file, load_into, load_model
+from distill.artifacts import quant_config_dict, read_spec, save_model
 from distill.data import build_dataset
 from distill.data.augment import RandomCropFlip, RandomShift
 from distill.data.loader import InMemoryLoader
@@ -38,6 +39,8 @@ from distill.quant import PackedConv2d, PackedLinear, QuantConv2d, QuantLinear, 
 from distill.quant import quant_parameters, quantize_rtn, save_packed, size_report
 from distill.quant.ptq import learned_activation_quantizers
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_files
+from distill.safety import LOCK_FILE, LOCK_INFO, MARKER, check_writable_dir, mark_owned
+from distill.safety import remove_owned, run_lock
 from distill.training.checkpoint import latest_checkpoint
 from distill.training.loop import MetricsLog, TrainState, train
 from distill.training.optim import build_optimizer, build_scheduler
@@ -72,6 +75,11 @@ def build_from_spec(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: 
         rebuild = {"model": spec.model, "params": spec.params, "input_shape": list(input_shape), "num_classes": num_classes}
     else:
         rebuild = read_spec(spec.checkpoint)
+        try:  # a model file names only registered architectures, unless the recipe trusts its code
+            check_architecture(rebuild, spec.checkpoint, trust_code=spec.trust_code)
+        except ValueError as exc:
+            raise RecipeError(f"field '{role}.checkpoint': {exc}"
+                              + (f" (in a recipe: '{role}.trust_code: true')" if ":" in str(rebuild.get("model")) else "")) from None
         rebuild = {**rebuild, "params": {**rebuild.get("params", {}), **spec.params}}
     if tuple(rebuild["input_shape"]) != tuple(input_shape) or rebuild["num_classes"] != num_classes:
         raise RecipeError(
@@ -220,7 +228,42 @@ def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bo
         raise RecipeError(f"field 'teacher.cache': {exc}") from None
 
 
+RUN_BOOKKEEPING = (MARKER, LOCK_FILE, LOCK_INFO, "recipe.yaml")  # a folder holding only these holds no run yet
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds anything beyond what a run writes before its first step."""
+    return run_dir.is_dir() and any(entry.name not in RUN_BOOKKEEPING for entry in run_dir.iterdir())
+
+
+def remove_crash_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the half-written files a killed run leaves (``checkpoints/.tmp-*`` folders and the
+    ``.<name>.*.tmp`` files of :func:`distill.artifacts.atomic_write`); returns what was removed."""
+    import shutil
+
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_symlink():
+                continue
+            if entry.is_dir() and entry.name.startswith(".tmp-") and folder.name == "checkpoints":
+                shutil.rmtree(entry)
+                removed.append(entry)
+            elif entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
 def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool, main_process: bool = True) -> Path:
+    """Check and prepare the run folder (the main process holds its lock already).
+
+    Refuses a folder that holds another run (unless ``resume`` / ``overwrite``), and replaces one
+    on ``overwrite`` only when distill made it (its marker file); marks the folder as distill's,
+    removes a crashed run's half-written files and writes the resolved ``recipe.yaml``.
+    """
     run_dir = Path(recipe.output_dir)
     if resume and latest_checkpoint(run_dir / "checkpoints") is None:  # refuse before touching the folder
         raise RecipeError(
@@ -228,14 +271,16 @@ def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool, main_process:
         )
     if not main_process:  # the main process checks and prepares the folder; the others wait for it
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+    if holds_run(run_dir) and not (resume or overwrite):
         raise RecipeError(
             f"field 'output_dir': {run_dir} already holds a run; pass --resume to continue it, "
             f"--overwrite to replace it, or set output_dir=... to another folder"
         )
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # --overwrite replaces only a folder distill made; --resume needs a complete checkpoint (checked above)
+    if overwrite and not resume:
+        remove_owned(run_dir, "field 'output_dir':", keep=(LOCK_FILE, LOCK_INFO))
+    mark_owned(run_dir, "run")
+    remove_crash_leftovers(run_dir)
     if not (resume and (run_dir / "recipe.yaml").is_file()):
         # a resumed run keeps the file: the loop refuses a recipe that differs from the checkpoint's
         atomic_write(run_dir / "recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
@@ -267,8 +312,31 @@ def run_recipe(
         mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum,
         cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
     )
-    run_dir = prepare_run_dir(recipe, resume, overwrite, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
+    run_dir = check_writable_dir(recipe.output_dir, "field 'output_dir':")
+    created = not run_dir.exists()
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:  # a second run on this folder is refused while this one lives
+            stack.enter_context(run_lock(run_dir, what="field 'output_dir': run folder", say=print))
+        try:
+            run_dir = prepare_run_dir(recipe, resume, overwrite, accelerator.is_main_process)
+            accelerator.wait_for_everyone()
+            return _train_and_report(recipe, accelerator, run_dir, threads, resume=resume, progress=progress,
+                                     on_step=on_step, measure_latency=measure_latency)
+        except BaseException:
+            if created and accelerator.is_main_process and not holds_run(run_dir):
+                # failed before its first step: leave no folder behind that would block the rerun
+                stack.close()
+                with contextlib.suppress(OSError, ValueError):  # never hide the error that stopped the run
+                    (run_dir / LOCK_FILE).unlink(missing_ok=True)
+                    remove_owned(run_dir, "field 'output_dir':")
+            raise
+
+
+def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, threads: int, *, resume: bool,
+                      progress: bool, on_step, measure_latency: bool) -> RunResult:
+    """The body of :func:`run_recipe`, in a prepared and locked run folder."""
+    import time
+
     set_seed(recipe.seed)  # the same on every process: identical initial weights
     data = recipe.data
     train_set, test_set = load_data(recipe)
@@ -346,6 +414,16 @@ def run_recipe(
         total_steps = recipe.train.steps
     else:
         total_steps = recipe.train.epochs * len(loader) // recipe.train.grad_accum
+    if not rtn and (total_steps == 0 or len(loader) == 0):
+        processes = f" x {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+        length = (f"train.steps {recipe.train.steps}" if recipe.train.steps is not None else
+                  f"train.epochs {recipe.train.epochs} x {len(loader)} batches / train.grad_accum "
+                  f"{recipe.train.grad_accum} = {total_steps} optimiser steps")
+        raise RecipeError(
+            f"this run would do no optimiser step: {len(train_set)} training samples / (data.batch_size "
+            f"{data.batch_size}{processes}), incomplete batches dropped = {len(loader)} batches per epoch; {length}. "
+            "Lower data.batch_size or train.grad_accum, raise train.epochs, or give more training data"
+        )
     if rtn:  # post-training rounding: no optimiser, no loop
         student.to(accelerator.device)
     else:  # the quantizers' steps and zero points are kept out of weight decay

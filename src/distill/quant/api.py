@@ -413,6 +413,10 @@ def save_packed(model: nn.Module, path: str | Path, *, metadata: dict[str, Any] 
         meta["model_config"] = json.dumps(model.config, default=_json_default)
     for key, value in (metadata or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value, default=_json_default)
+    from distill.artifacts import check_finite_state, with_digest
+
+    check_finite_state(tensors, f"packed model file {path}")
+    meta = with_digest(tensors, meta)  # verified by read_packed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -422,13 +426,14 @@ def save_packed(model: nn.Module, path: str | Path, *, metadata: dict[str, Any] 
 def read_packed(path: str | Path) -> tuple[dict[str, PackedLayer], dict[str, torch.Tensor], dict[str, str]]:
     """(path -> PackedLayer, every tensor in the file, the raw metadata) without building a model."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
+
+    from distill.artifacts import load_state
 
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata() or {}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (format={meta.get('format')!r})")
-    tensors = load_file(str(path))
+    tensors = load_state(path, what="packed model file")  # checks the digest save_packed wrote
     layers: dict[str, PackedLayer] = {}
     for layer_path, info in json.loads(meta["layers"]).items():
         def get(name: str, info=info, layer_path=layer_path):

@@ -70,6 +70,39 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class NonFiniteError(RuntimeError):
+    """Training met a NaN / inf loss (beyond ``train.skip_nonfinite``): the run stops, its last good
+    checkpoint is kept, and no model file is written."""
+
+
+def _nonfinite_causes(distiller: Distiller, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> str:
+    """What went non-finite in one micro-batch: the loss terms, and whether the inputs or the
+    teacher's outputs already were (sample ids named)."""
+    terms = [key for key, value in out.items() if key != "loss" and not bool(torch.isfinite(value).all())]
+    parts = [f"loss terms {terms} are NaN/inf" if terms else "the total loss is NaN/inf"]
+    ids = batch.get("index")
+
+    def which(rows: torch.Tensor) -> str:
+        bad = (~torch.isfinite(rows.float().reshape(len(rows), -1))).any(-1)
+        chosen = ids[bad] if ids is not None else bad.nonzero().flatten()
+        return ", ".join(str(int(i)) for i in chosen[:8].tolist()) + (" ..." if int(bad.sum()) > 8 else "")
+
+    inputs = batch.get("input")
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        parts.append(f"the data holds NaN/inf inputs (samples {which(inputs)})")
+    teacher_logits = None
+    try:
+        if distiller.teacher_outputs is not None and ids is not None:
+            teacher_logits = distiller.teacher_outputs[ids]
+        elif distiller.teacher is not None and isinstance(inputs, torch.Tensor):
+            teacher_logits = distiller.teacher_logits(inputs)
+    except Exception:  # a diagnosis only: never hide the real error behind another
+        teacher_logits = None
+    if isinstance(teacher_logits, torch.Tensor) and not bool(torch.isfinite(teacher_logits).all()):
+        parts.append(f"the teacher's outputs are NaN/inf (samples {which(teacher_logits)})")
+    return "; ".join(parts)
+
+
 class StopTraining(Exception):
     """Raised by an ``on_step`` callback to end training early: the loop checkpoints the step
     just done and re-raises, so the run resumes exactly from there (``--resume``)."""
@@ -110,11 +143,13 @@ def train(
     state = TrainState()
     running: dict[str, torch.Tensor] = {}  # sums over the current logging window
     running_count = 0
+    skipped = 0  # non-finite micro-batches skipped (train.skip_nonfinite)
 
     if resume:
-        found = latest_checkpoint(ckpt_dir)
+        found = latest_checkpoint(ckpt_dir, verify=True, say=lambda message: tqdm.write(f"--resume: {message}"))
         if found is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {ckpt_dir}")
+            raise FileNotFoundError(f"--resume: no complete, intact checkpoint under {ckpt_dir}; run with --overwrite "
+                                    "to start this run again")
         saved = load_checkpoint(found, model, load=load_full_model_state if sharded else None)
         if fingerprint and saved.get("fingerprint") != fingerprint:
             raise ValueError(
@@ -130,6 +165,7 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
         state = TrainState(**saved["counters"])
+        skipped = int(state.extra.get("skipped_nonfinite", 0))
         if accelerator.num_processes > 1:  # per-process streams (the checkpoint holds the main one)
             torch.manual_seed(state.step * 1_000_003 + accelerator.process_index)
         window = saved.get("window", {"sums": {}, "count": 0})  # so the next record averages the same steps
@@ -169,7 +205,27 @@ def train(
             with accelerator.accumulate(student):
                 with accelerator.autocast():
                     out = distiller(batch)
-                accelerator.backward(out["loss"])
+                bad = ~torch.isfinite(out["loss"].detach()).all()
+                if accelerator.num_processes > 1:  # every process skips or stops together
+                    bad = accelerator.reduce(bad.float().reshape(1), reduction="sum")[0] > 0
+                if bool(bad):
+                    where = (f"optimiser step {state.step + 1} (epoch {state.epoch}, batch {state.batch})")
+                    causes = _nonfinite_causes(distiller, batch, out)
+                    if skipped >= spec.skip_nonfinite:
+                        last = latest_checkpoint(ckpt_dir)
+                        raise NonFiniteError(
+                            f"training stopped at {where}: {causes}. "
+                            + (f"The last good checkpoint, {last}, is kept (--resume continues from it); "
+                               if last is not None else "No checkpoint was written yet; ")
+                            + "no model file was written. Lower optimizer.lr, set train.max_grad_norm, check the "
+                            "data and teacher, or set train.skip_nonfinite to skip a few bad batches")
+                    skipped += 1
+                    state.extra["skipped_nonfinite"] = skipped
+                    tqdm.write(f"skipping a non-finite batch at {where} ({skipped} of train.skip_nonfinite="
+                               f"{spec.skip_nonfinite}): {causes}")
+                    out = None  # nothing of this batch enters the gradient or the logged means
+                else:
+                    accelerator.backward(out["loss"])
                 if spec.max_grad_norm is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(student.parameters(), spec.max_grad_norm)
                 optimizer.step()
@@ -179,15 +235,16 @@ def train(
             state.batch += 1
             state.samples += size
             window_samples += size
-            for key, value in out.items():
-                running[key] = running.get(key, 0.0) + value.detach()
-            running_count += 1
+            if out is not None:
+                for key, value in out.items():
+                    running[key] = running.get(key, 0.0) + value.detach()
+                running_count += 1
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             scheduler.step()
             bar.update(1)
-            if state.step % spec.log_every == 0 or state.step == total_steps:
+            if (state.step % spec.log_every == 0 or state.step == total_steps) and running_count:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": state.step, "epoch": state.epoch, "split": "train", "lr": scheduler.get_last_lr()[0]}
                 keys = sorted(running)
