@@ -8,6 +8,7 @@ checkpoints that resume a run exactly.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def train(
     skipped = 0  # non-finite micro-batches skipped (train.skip_nonfinite)
 
     if resume:
-        found = latest_checkpoint(ckpt_dir, verify=True, say=lambda message: tqdm.write(f"--resume: {message}"))
+        found = latest_checkpoint(ckpt_dir, verify=True, say=lambda message: tqdm.write(f"--resume: {message}", file=sys.stderr))
         if found is None:
             raise FileNotFoundError(f"--resume: no complete, intact checkpoint under {ckpt_dir}; run with --overwrite "
                                     "to start this run again")
@@ -222,7 +223,7 @@ def train(
                     skipped += 1
                     state.extra["skipped_nonfinite"] = skipped
                     tqdm.write(f"skipping a non-finite batch at {where} ({skipped} of train.skip_nonfinite="
-                               f"{spec.skip_nonfinite}): {causes}")
+                               f"{spec.skip_nonfinite}): {causes}", file=sys.stderr)
                     out = None  # nothing of this batch enters the gradient or the logged means
                 else:
                     accelerator.backward(out["loss"])
