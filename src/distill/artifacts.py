@@ -190,7 +190,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load safetensors weights into ``model``; a mismatch names the missing/unexpected keys."""
     path = Path(path)
     state = load_state(path)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes that differ from the model's
+        details = " ".join(str(exc).split())
+        raise ArtifactError(f"{path} does not fit the model its spec describes: {details[:400]}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ArtifactError(
             f"{path} does not fit the model: missing {result.missing_keys[:5]}, "

@@ -136,6 +136,7 @@ def cache(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. teacher.cache.k=8"),
     overwrite: bool = typer.Option(False, "--overwrite", help="rebuild a cache that does not match"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Run the teacher once over the training data and store its outputs (teacher.cache)."""
     from distill.recipe import check_files, load_recipe
@@ -143,6 +144,8 @@ def cache(
 
     try:
         loaded = load_recipe(recipe, overrides or [])
+        if trust_code:
+            _trust_recipe_code(loaded)
         check_files(loaded)
         if loaded.teacher is None or loaded.teacher.cache is None:
             _fail(f"{recipe}: 'distill cache' needs a teacher with a 'cache' section, e.g. "
