@@ -1,6 +1,8 @@
 """Teacher-output cache: round trips, identity checks, atomic build and resume, batched reads."""
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -9,8 +11,9 @@ import torch
 from torch import nn
 
 from distill.data import ArrayDataset, CacheError, build_cache, open_cache, weights_fingerprint
-from distill.data.cache import TeacherCache, index_dtype
+from distill.data.cache import CacheFolderError, TeacherCache, index_dtype
 from distill.losses import SparseTeacher, kl
+from distill.safety import MARKER, FolderError, is_owned, mark_owned, sha256_file
 
 
 def make_dataset(num_samples=100, num_classes=10, seed=0, name="toy"):
@@ -113,7 +116,7 @@ def test_sizes(tmp_path):
     dense = build(teacher, dataset, tmp_path / "dense")
     sparse = build(teacher, dataset, tmp_path / "k3", k=3)
     files = list((tmp_path / "dense").iterdir())
-    assert {f.name for f in files} == {"manifest.json", *(f"logits-0000{s}.npy" for s in range(4))}
+    assert {f.name for f in files} == {".distill-owned", "manifest.json", *(f"logits-0000{s}.npy" for s in range(4))}
     assert dense.nbytes == sum(f.stat().st_size for f in files)
     header = 128  # one .npy header per file
     assert dense.bytes_per_sample == pytest.approx(20 + 4 * header / 100)
@@ -323,7 +326,8 @@ def test_crash_before_the_rename_finishes_without_the_teacher(tmp_path, monkeypa
     cache = build(teacher, dataset, tmp_path / "c")
     assert teacher.calls == 0 and len(cache) == 64 and not partial.exists()
     torch.testing.assert_close(cache.lookup(torch.arange(64)), reference(teacher, dataset), rtol=1e-3, atol=1e-3)
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["logits-00000.npy", "logits-00001.npy", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".distill-owned", "logits-00000.npy",
+                                                                  "logits-00001.npy", "manifest.json"]
 
 
 def test_a_partial_of_another_build_is_discarded(tmp_path):
@@ -335,3 +339,222 @@ def test_a_partial_of_another_build_is_discarded(tmp_path):
     with pytest.warns(UserWarning, match="discarding the unfinished teacher cache"):
         cache = build(teacher, dataset, tmp_path / "c", k=4)
     assert teacher.calls == 8 and cache.k == 4
+
+
+# ----------------------------------------------------------------------------- ownership and overwrite
+def test_a_finished_cache_carries_the_marker(tmp_path):
+    build(Teacher(), make_dataset(20), tmp_path / "c")
+    assert is_owned(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / MARKER).read_text())["kind"] == "teacher-cache"
+
+
+@pytest.mark.parametrize("kind", ["foreign folder", "file", "symlink", "other distill folder", "old cache plus a file"])
+def test_overwrite_refuses_a_path_that_is_not_a_distill_cache(tmp_path, kind):
+    teacher, dataset = Teacher(), make_dataset(20)
+    path = tmp_path / "target"
+    if kind == "foreign folder":
+        (path / "src").mkdir(parents=True)
+        (path / "notes.txt").write_text("precious")
+    elif kind == "file":
+        path.write_text("precious")
+    elif kind == "symlink":
+        build(teacher, dataset, tmp_path / "real", k=3)
+        path.symlink_to(tmp_path / "real", target_is_directory=True)
+    elif kind == "other distill folder":
+        mark_owned(path, "run")
+        (path / "notes.txt").write_text("precious")
+    else:  # a cache from before markers existed (no marker), with a user's file put into it
+        build(teacher, dataset, path, k=3)
+        (path / MARKER).unlink()
+        (path / "notes.txt").write_text("precious")
+    before = sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()
+    teacher.calls = 0
+    with pytest.raises(CacheFolderError) as info:
+        build(teacher, dataset, path, overwrite=True)
+    message = str(info.value)
+    assert isinstance(info.value, FolderError) and isinstance(info.value, CacheError)
+    assert str(path) in message, message
+    if kind in ("foreign folder", "other distill folder", "old cache plus a file"):
+        assert "'notes.txt'" in message and "another path" in message.lower(), message
+    assert teacher.calls == 0  # refused before the teacher ran
+    assert (sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()) == before
+    assert not (tmp_path / "target.partial").exists()
+
+
+@pytest.mark.parametrize("kind", ["distill cache", "cache without marker", "empty folder"])
+def test_overwrite_replaces_a_cache_distill_made_or_an_empty_folder(tmp_path, kind):
+    teacher, dataset = Teacher(), make_dataset(20)
+    path = tmp_path / "c"
+    if kind == "empty folder":
+        path.mkdir()
+    else:
+        build(teacher, dataset, path, k=3)
+        if kind == "cache without marker":  # written before markers existed
+            (path / MARKER).unlink()
+    replaced = build(teacher, dataset, path, k=5, overwrite=True)
+    assert replaced.k == 5 and is_owned(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no .partial, no .old-* left
+
+
+def test_a_foreign_partial_folder_is_never_deleted(tmp_path):
+    teacher, dataset = Teacher(), make_dataset(20)
+    partial = tmp_path / "c.partial"
+    partial.mkdir()
+    (partial / "thesis.tex").write_text("precious")
+    with pytest.raises(CacheFolderError, match=r"(?s)unfinished teacher cache .*c\.partial.*'thesis\.tex'"):
+        build(teacher, dataset, tmp_path / "c")
+    assert (partial / "thesis.tex").read_text() == "precious" and teacher.calls == 0
+    partial.rename(tmp_path / "elsewhere")
+    partial.write_text("a file named like a partial build")
+    with pytest.raises(CacheFolderError, match="is a file"):
+        build(teacher, dataset, tmp_path / "c")
+    assert partial.read_text() == "a file named like a partial build"
+
+
+def test_an_old_partial_without_marker_is_resumed_and_marked(tmp_path):
+    teacher, dataset = Teacher(), make_dataset()
+    teacher.fail_on = 6
+    with pytest.raises(RuntimeError):
+        build(teacher, dataset, tmp_path / "c", k=3)
+    (tmp_path / "c.partial" / MARKER).unlink()  # as a build from before markers left it
+    teacher.fail_on, teacher.calls = None, 0
+    build(teacher, dataset, tmp_path / "c", k=3)
+    assert teacher.calls == 9 and is_owned(tmp_path / "c")
+
+
+def test_replacing_never_renames_onto_an_existing_old_folder(tmp_path):
+    teacher, dataset = Teacher(), make_dataset(20)
+    build(teacher, dataset, tmp_path / "c", k=3)
+    old = tmp_path / f"c.old-{os.getpid()}"
+    old.mkdir()
+    (old / "keep.txt").write_text("not ours")
+    build(teacher, dataset, tmp_path / "c", k=4, overwrite=True)
+    assert (old / "keep.txt").read_text() == "not ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", old.name]
+
+
+# ----------------------------------------------------------------------------- checksums
+def flip_byte(path, offset=None):
+    data = bytearray(path.read_bytes())
+    offset = len(data) - 3 if offset is None else offset  # in the array data, past the .npy header
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_manifest_records_every_shard_files_sha256(tmp_path):
+    cache = build(Teacher(), make_dataset(), tmp_path / "k3", k=3, features={"conv": "conv"})
+    files = sorted(p.name for p in (tmp_path / "k3").glob("*.npy"))
+    assert sorted(cache.manifest["sha256"]) == files and len(files) == 4 * 4
+    assert all(cache.manifest["sha256"][name] == sha256_file(tmp_path / "k3" / name) for name in files)
+    cache.verify()
+
+
+@pytest.mark.parametrize("file", ["logits-00001.npy", "values-00002.npy", "log_tail-00000.npy"])
+def test_a_flipped_byte_in_a_shard_is_refused_naming_the_file(tmp_path, file):
+    k = None if file.startswith("logits") else 3
+    teacher, dataset = Teacher(), make_dataset()
+    build(teacher, dataset, tmp_path / "c", k=k)
+    flip_byte(tmp_path / "c" / file)
+    cache = open_cache(tmp_path / "c")  # opening stays fast: each file is checked on its first read
+    shard = int(file[-9:-4])
+    other = (shard + 1) % 4
+    cache.lookup(torch.arange(other * 32, min(other * 32 + 32, 100)))  # untouched shards read fine
+    for attempt in range(2):  # refused every time, not only the first
+        with pytest.raises(CacheError) as info:
+            cache.lookup(torch.tensor([shard * 32 + 1]))
+        message = str(info.value)
+        assert file in message and "corrupted" in message and "distill cache --overwrite" in message, message
+    with pytest.raises(CacheError, match=file.replace(".", r"\.")):
+        open_cache(tmp_path / "c").verify()
+    rebuilt = build(teacher, dataset, tmp_path / "c", k=k, overwrite=True)  # what the message says works
+    rebuilt.verify()
+
+
+def test_a_cache_without_checksums_opens_with_a_warning(tmp_path):
+    teacher, dataset = Teacher(), make_dataset(40)
+    build(teacher, dataset, tmp_path / "c")
+    manifest_path = tmp_path / "c" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["sha256"]  # as written before checksums existed
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match=r"no shard checksums.*distill cache --overwrite"):
+        cache = open_cache(tmp_path / "c")
+    torch.testing.assert_close(cache.lookup(torch.arange(40)), reference(teacher, dataset), rtol=1e-3, atol=1e-3)
+    manifest["sha256"] = {"logits-00000.npy": "0" * 64}  # one file's checksum missing: a damaged manifest
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=r"no sha256 for logits-00001\.npy"):
+        open_cache(tmp_path / "c")
+
+
+def test_resume_recomputes_a_finished_shard_whose_bytes_changed(tmp_path):
+    dataset = make_dataset()
+    whole = build(Teacher(), dataset, tmp_path / "whole", k=3)
+    teacher = Teacher()
+    teacher.fail_on = 6  # shard 0 finishes, shard 1 dies
+    with pytest.raises(RuntimeError):
+        build(teacher, dataset, tmp_path / "c", k=3)
+    flip_byte(tmp_path / "c.partial" / "values-00000.npy")
+    teacher.fail_on, teacher.calls = None, 0
+    resumed = build(teacher, dataset, tmp_path / "c", k=3)
+    assert teacher.calls == 13  # shard 0 computed again, with shards 1-3
+    assert resumed.manifest["sha256"] == whole.manifest["sha256"]
+    resumed.verify()
+
+
+# ----------------------------------------------------------------------------- non-finite teacher outputs
+class PoisonRows(nn.Module):
+    """Sets rows ``rows`` (a bool mask) of its input to ``bad``; a module, so a feature hook sees its output."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = bad
+
+    def forward(self, values, rows):
+        return torch.where(rows[:, None], torch.full_like(values, self.bad), values)
+
+
+class PoisonTeacher(nn.Module):
+    """A linear teacher whose output is ``bad`` for samples whose first pixel is above 999."""
+
+    def __init__(self, bad, where="logits"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10)
+        self.poison = PoisonRows(bad)
+        self.where = where
+
+    def forward(self, inputs):
+        rows = inputs.flatten(1)[:, 0] > 999
+        hidden = self.body(inputs.flatten(1))
+        if self.where == "feature":
+            return self.head(torch.nan_to_num(self.poison(hidden, rows), nan=0.0, posinf=0.0, neginf=0.0))
+        return self.poison(self.head(hidden), rows)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("k", [None, 3])
+def test_non_finite_teacher_logits_stop_the_build_naming_samples_and_shard(tmp_path, bad, k):
+    dataset = make_dataset()
+    dataset.inputs[[37, 41, 60, 70], 0, 0, 0] = 1000.0  # 37, 41, 60 in shard 1 (samples 32..63); 70 in shard 2
+    teacher = PoisonTeacher(bad)
+    with pytest.raises(CacheError) as info:
+        build(teacher, dataset, tmp_path / "c", k=k)
+    message = str(info.value)
+    assert "not finite" in message and "shard 1 (samples 32..63)" in message, message
+    assert "logits for sample id(s) 37, 41, 60." in message, message
+    assert not (tmp_path / "c").exists()  # no finished cache
+    partial = tmp_path / "c.partial"
+    assert not list(partial.glob("*-00001.npy")) and not list(partial.glob(".*.tmp"))
+    assert sorted(p.name for p in partial.glob("shard-*.done")) == ["shard-00000.done"]  # clean shards kept
+    with pytest.raises(CacheError, match="shard 1"):  # building again stops again; it never finishes
+        build(teacher, dataset, tmp_path / "c", k=k)
+    assert not (tmp_path / "c").exists()
+
+
+def test_non_finite_features_stop_the_build_naming_the_feature(tmp_path):
+    dataset = make_dataset()
+    dataset.inputs[5, 0, 0, 0] = 1000.0
+    with pytest.raises(CacheError, match=r"shard 0 \(samples 0\.\.31\): feature 'hidden' for sample id\(s\) 5\."):
+        build(PoisonTeacher(float("nan"), where="feature"), dataset, tmp_path / "c", features={"hidden": "poison"})
+    assert not (tmp_path / "c").exists()

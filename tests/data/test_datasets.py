@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import tarfile
 import warnings
@@ -309,3 +310,213 @@ def test_no_pickle_cache_reading(fake_cifar, tmp_path):
     with pytest.warns(UserWarning, match="ignoring unreadable"):
         build_dataset("cifar10", "train", root=fake_cifar, cache_dir=cache)
     shutil.rmtree(cache)
+
+
+# --------------------------------------------------------------------------- untrusted archives and folders
+def png_bytes(colour, size=32):
+    """An uncompressed PNG: its length depends only on ``size``, not on the colour."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, "PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def write_tar_members(path, members, mode="w:gz"):
+    """A tar of ``members``: (TarInfo fields dict, bytes or None), written as given (no name clean-up)."""
+    with tarfile.open(path, mode) as tar:
+        for fields, data in members:
+            info = tarfile.TarInfo(fields["name"])
+            for key, value in fields.items():
+                if key != "name":
+                    setattr(info, key, value)
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+
+def good_members():
+    return [({"name": name}, data) for name, data in encoded_images().items()]
+
+
+@pytest.mark.parametrize(
+    "member, problem",
+    [
+        ({"name": "train/cat/../../evil.jpg"}, "'..'"),
+        ({"name": "train/../cat/0009.jpg"}, "'..'"),
+        ({"name": "/train/cat/0009.jpg"}, "absolute path"),
+        ({"name": "train/cat/0009.jpg", "type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "symbolic link"),
+        ({"name": "train/cat/0009.jpg", "type": tarfile.LNKTYPE, "linkname": "train/cat/0000.jpg"}, "hard link"),
+        ({"name": "train/cat/0009.jpg", "type": tarfile.CHRTYPE}, "device"),
+        ({"name": "train/cat/0009.jpg", "type": tarfile.FIFOTYPE}, "FIFO"),
+        ({"name": "train/cat/notes", "type": tarfile.SYMTYPE, "linkname": "../../x"}, "symbolic link"),  # any name
+    ],
+)
+def test_unsafe_tar_members_are_refused_naming_archive_and_member(tmp_path, member, problem):
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    name = member["name"]
+    data = encoded_images()["train/cat/0000.jpg"] if member.get("type", tarfile.REGTYPE) == tarfile.REGTYPE else None
+    write_tar_members(root / "train.tar.gz", good_members() + [(member, data)])
+    with pytest.raises(datasets_module.ImageSourceError, match=problem) as info:
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert str(root / "train.tar.gz") in message and repr(name) in message, message
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # nothing cached
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("train/0009.jpg", "not inside a class folder"),
+        ("train/cat/extra/0009.jpg", "deeper than <top>/<class>/<image>"),
+        ("cat/0009.jpg", "not inside a class folder"),  # no top folder
+        ("valid/cat/0009.jpg", "one top folder"),
+    ],
+)
+def test_tar_layout_other_than_top_class_image_is_refused(tmp_path, name, problem):
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    write_tar_members(root / "train.tar.gz", good_members() + [({"name": name}, encoded_images()["train/cat/0000.jpg"])])
+    with pytest.raises(datasets_module.ImageSourceError, match=problem) as info:
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert repr(name) in message and "<split>/<class>/<image>" in message and "train/cat/0001.jpg" in message
+
+
+def test_tar_directories_and_non_image_files_are_fine(tmp_path):
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    members = [({"name": "train", "type": tarfile.DIRTYPE}, None), ({"name": "train/cat", "type": tarfile.DIRTYPE}, None),
+               ({"name": "train/README.txt"}, b"about"), ({"name": "train/cat/._0000.jpg"}, b"apple double")]
+    write_tar_members(root / "train.tar.gz", members + good_members())
+    check_fake_cifar(build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache"))
+
+
+def test_duplicate_and_unreadable_tar_members_are_refused(tmp_path):
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    write_tar_members(root / "train.tar.gz", good_members() + good_members()[:1])
+    with pytest.raises(datasets_module.ImageSourceError, match="'train/cat/0000.jpg' appears twice"):
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    write_tar_members(root / "train.tar.gz", good_members() + [({"name": "train/cat/0009.jpg"}, b"not a jpeg")])
+    with pytest.raises(datasets_module.ImageSourceError, match=r"train\.tar\.gz: train/cat/0009\.jpg: cannot decode"):
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    (root / "train.tar.gz").write_bytes(b"\x1f\x8b garbage, not a gzip stream")
+    with pytest.raises(datasets_module.ImageSourceError, match=r"train\.tar\.gz: cannot read it as a tar archive"):
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+
+
+def extracted_folder(tmp_path):
+    root = tmp_path / "extracted"
+    for name, data in encoded_images().items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["file link", "folder link", "dangling link"])
+def test_symbolic_links_in_an_image_folder_are_refused(tmp_path, kind):
+    root = extracted_folder(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "0000.jpg").write_bytes(encoded_images()["train/cat/0000.jpg"])
+    if kind == "file link":
+        link = root / "train" / "cat" / "0009.jpg"
+        link.symlink_to(outside / "0000.jpg")
+    elif kind == "folder link":
+        link = root / "train" / "dog"
+        link.symlink_to(outside, target_is_directory=True)
+    else:
+        link = root / "train" / "cat" / "gone.jpg"
+        link.symlink_to(tmp_path / "missing.jpg")
+    with pytest.raises(datasets_module.ImageSourceError, match="is a symbolic link") as info:
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    shown = link.relative_to(root / "train").as_posix()
+    assert str(root / "train") in str(info.value) and repr(shown) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [("0009.jpg", "not inside a class folder"), ("cat/extra/0009.jpg", "deeper than <class>/<image>")],
+)
+def test_image_folder_layout_other_than_class_image_is_refused(tmp_path, name, problem):
+    root = extracted_folder(tmp_path)
+    path = root / "train" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded_images()["train/cat/0000.jpg"])
+    with pytest.raises(datasets_module.ImageSourceError, match=problem) as info:
+        build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    assert repr(name) in str(info.value) and "<split>/<class>/<image>" in str(info.value)
+    path.unlink()
+    (root / "train" / "notes.txt").write_text("not an image: skipped")
+    check_fake_cifar(build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache"))
+
+
+def test_tar_cache_key_covers_bytes_past_the_first_mib(tmp_path):
+    """Same size, same first MiB, different image: decoded afresh (the old key read only 1 MiB)."""
+    root = tmp_path / "cifar10"
+    root.mkdir()
+    padding = ({"name": "train/padding.bin"}, b"\x00" * (1 << 20) + b"\x00" * 4096)  # a non-image, skipped
+
+    def write(colour):
+        write_tar_members(root / "train.tar", [padding, ({"name": "train/cat/0000.png"}, png_bytes(colour))], mode="w")
+        return (root / "train.tar").read_bytes()
+
+    first = write((10, 20, 30))
+    data = build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    key = datasets_module._source_key(root / "train.tar")
+    second = write((200, 100, 50))
+    assert len(first) == len(second) and first[: 1 << 20] == second[: 1 << 20] and first != second
+    assert datasets_module._source_key(root / "train.tar") != key
+    again = build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    assert not torch.equal(again.inputs, data.inputs)
+    fresh = build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "fresh-cache")
+    assert torch.equal(again.inputs, fresh.inputs)
+
+
+def test_folder_cache_key_covers_content_with_size_and_mtime_kept(tmp_path):
+    root = tmp_path / "extracted"
+    image = root / "train" / "cat" / "0000.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(png_bytes((10, 20, 30)))
+    data = build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    key, stat = datasets_module._source_key(root / "train"), image.stat()
+    image.write_bytes(png_bytes((200, 100, 50)))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    assert datasets_module._source_key(root / "train") != key
+    again = build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "cache")
+    assert not torch.equal(again.inputs, data.inputs)
+    assert torch.equal(again.inputs, build_dataset("cifar10", "train", root=root, cache_dir=tmp_path / "c2").inputs)
+
+
+def test_real_cifar10_test_tar_passes_the_member_and_layout_checks():
+    """Reads every member (no decoding): the shipped layout test/<class>/NNNN.jpg must stay accepted."""
+    path = require_shared("cifar10", "test.tar.gz")
+    entries = datasets_module._read_entries(path)
+    assert len(entries) == 10000
+    assert sorted({cls for cls, _, _, _ in entries}) == ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                         "frog", "horse", "ship", "truck"]
+    assert all(where.startswith(f"test/{cls}/") for cls, _, where, _ in entries)
+
+
+# --------------------------------------------------------------------------- data roots
+@pytest.mark.parametrize(
+    "name, expected",
+    [("mnist", "train-images-idx3-ubyte.gz"), ("fashion_mnist", "train-images-idx3-ubyte.gz"),
+     ("cifar10", "train.tar.gz")],
+)
+def test_missing_or_wrong_root_names_the_path_and_the_files_expected(tmp_path, name, expected):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError) as info:
+        build_dataset(name, "train", root=missing, cache_dir=tmp_path / "cache")
+    assert str(missing) in str(info.value) and "does not exist" in str(info.value) and expected in str(info.value)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder") as info:
+        build_dataset(name, "train", root=a_file, cache_dir=tmp_path / "cache")
+    assert str(a_file) in str(info.value) and expected in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as info:  # exists, but lacks the files
+        build_dataset(name, "train", root=empty, cache_dir=tmp_path / "cache")
+    assert str(empty) in str(info.value) and expected in str(info.value)

@@ -159,3 +159,18 @@ def test_repr_fingerprint_and_registry():
         RandomShift(-1)
     with pytest.raises(ValueError, match="fill"):
         RandomCropFlip(fill="edge")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, -64, True, 2.5, "8"])
+def test_a_bad_batch_size_is_refused_naming_it(batch_size):
+    data = toy_dataset()
+    with pytest.raises(ValueError, match=rf"batch_size must be an int >= 1, got {batch_size!r}"):
+        InMemoryLoader(data, batch_size)
+    with pytest.raises(ValueError, match="batch_size"):
+        iterate_batches(data, batch_size)
+
+
+@pytest.mark.parametrize("world_size", [0, -2])
+def test_a_non_positive_world_size_is_refused_naming_it(world_size):
+    with pytest.raises(ValueError, match=rf"world_size must be an int >= 1.*got {world_size}"):
+        InMemoryLoader(toy_dataset(), 4, rank=0, world_size=world_size, drop_last=True)

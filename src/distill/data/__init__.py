@@ -17,6 +17,7 @@ from .augment import RandomCropFlip, RandomShift  # noqa: E402  (registries firs
 from .datasets import (  # noqa: E402
     SPLITS,
     ArrayDataset,
+    ImageSourceError,
     build_dataset,
     default_cache_dir,
     read_idx,
@@ -24,6 +25,7 @@ from .datasets import (  # noqa: E402
 from .loader import InMemoryLoader, derive_seed, iterate_batches  # noqa: E402
 from .cache import (  # noqa: E402
     CacheError,
+    CacheFolderError,
     TeacherCache,
     build_cache,
     open_cache,
@@ -36,6 +38,8 @@ __all__ = [
     "SPLITS",
     "ArrayDataset",
     "CacheError",
+    "CacheFolderError",
+    "ImageSourceError",
     "InMemoryLoader",
     "RandomCropFlip",
     "RandomShift",

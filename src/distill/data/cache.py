@@ -8,6 +8,7 @@
 Layout of a cache folder (every array a ``.npy`` file, read memory-mapped)::
 
     <path>/manifest.json              written last; without it the folder is not a cache
+    <path>/.distill-owned             distill's marker: a folder distill made (kind "teacher-cache")
     <path>/logits-00000.npy           dense:  (rows, C) float16 | bfloat16 (as uint16 bits) | float32
     <path>/values-00000.npy           top-k:  (rows, k) the k largest logits, same value dtypes
     <path>/indices-00000.npy          top-k:  (rows, k) class ids, uint8 | int16 | uint16 | int32
@@ -39,6 +40,29 @@ then a ``shard-NNNNN.done`` marker; the manifest is written last and the folder 
 the finished shards of a matching ``.partial`` and runs the teacher only for the others; a
 ``.partial`` of another build is discarded (with a warning). Two builds of the same path at
 the same time are not supported.
+
+Ownership and overwrite. The ``.partial`` folder gets distill's marker file
+(:data:`distill.safety.MARKER`, kind ``"teacher-cache"``) the moment it is made, so every
+finished cache carries it. ``overwrite=True`` replaces only a teacher cache: a folder with that
+marker, an empty folder, or (a cache written before markers existed) a folder holding nothing
+but a cache's own files (manifest, shard arrays, build bookkeeping). Anything else (a symbolic
+link, a file, a folder distill did not make that holds other things, a distill folder of another
+kind) is refused with :class:`CacheFolderError` naming it and what it holds, before the teacher
+runs. The old cache is deleted only after the new one has taken its name, and discarded
+``.partial`` folders pass the same check.
+
+Checksums. The manifest records the sha256 of every shard file (``"sha256"``: file name ->
+hex), written atomically with the manifest. Opening stays fast (it reads only ``.npy``
+headers): each shard file is verified the first time a lookup reads it (``verify()`` checks
+them all at once), and a file whose bytes changed raises :class:`CacheError` naming it and
+saying to rebuild with ``distill cache --overwrite``. Caches written before checksums existed
+(no ``"sha256"`` in the manifest) still open, unverified, with a warning that says so.
+Resuming a build re-checks each finished shard of the ``.partial`` against the checksum in its
+``.done`` marker and recomputes any that differ.
+
+Non-finite outputs. A teacher output (logits or a captured feature) holding NaN or inf stops the
+build with a :class:`CacheError` naming the sample ids and the shard; that shard is not written,
+so no finished cache ever holds a non-finite value.
 """
 from __future__ import annotations
 
@@ -60,6 +84,7 @@ from numpy.lib.format import open_memmap
 from torch import Tensor, nn
 
 from distill.losses.sparse import SPARSE_MODES, SparseTeacher
+from distill.safety import MARKER, FolderError, describe_contents, is_owned, mark_owned, remove_owned, sha256_file
 
 from .datasets import ArrayDataset
 
@@ -69,6 +94,7 @@ DTYPES = ("float16", "bfloat16", "float32")
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 PARTIAL_SUFFIX = ".partial"
+OWNED_KIND = "teacher-cache"  # the kind written into the marker file of every cache folder
 # the parts of a cache's identity, with words for error messages
 IDENTITY = {
     "teacher_fingerprint": "teacher weights",
@@ -83,10 +109,18 @@ IDENTITY = {
     "features": "captured features (name -> module path)",
 }
 _FEATURE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+# the names of the files a cache folder (finished or .partial) holds, and their temporary names
+_OWN_FILE = (r"(?:manifest\.json|progress\.json|shard-\d{5}\.done"
+             r"|(?:logits|values|indices|log_tail|feature\.[A-Za-z0-9_\-]+)-\d{5}\.npy)")
+_CACHE_FILE = re.compile(rf"^(?:{_OWN_FILE}|\.{_OWN_FILE}\.tmp)$")
 
 
 class CacheError(ValueError):
     """A teacher cache that is missing, unfinished, corrupt, or does not match the run."""
+
+
+class CacheFolderError(CacheError, FolderError):
+    """A path a cache build would replace or delete that is not a teacher cache distill made."""
 
 
 # ----------------------------------------------------------------------------- fingerprints, dtypes
@@ -209,6 +243,57 @@ def _array_names(k: int | None, features: dict[str, Any]) -> list[str]:
     return names + [f"feature.{name}" for name in features]
 
 
+# ----------------------------------------------------------------------------- ownership
+def _owned_kind(folder: Path) -> str | None:
+    """The kind written in ``folder``'s marker file, or None when it has none (or it is unreadable)."""
+    try:
+        kind = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _check_replaceable(folder: Path, what: str) -> None:
+    """Refuse (CacheFolderError) unless ``folder`` is absent, empty, or a teacher cache distill made.
+
+    A teacher cache distill made: its marker says kind ``"teacher-cache"``, or (written before
+    markers) it has no marker and holds nothing but a cache's own files.
+    """
+    if folder.is_symlink():
+        raise CacheFolderError(f"{what} {folder} is a symbolic link; distill replaces only teacher cache folders it "
+                               "made itself. Point the cache at the real folder, or choose another path.")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise CacheFolderError(f"{what} {folder} is a file, not a teacher cache folder; remove it yourself if it is "
+                               "really to go, or choose another path")
+    if is_owned(folder):
+        kind = _owned_kind(folder)
+        if kind == OWNED_KIND:
+            return
+        raise CacheFolderError(f"refusing to replace {what} {folder}: distill made it as a {kind or 'unknown'!s} "
+                               f"folder, not a teacher cache, and it holds {describe_contents(folder)}. Choose "
+                               "another path for the cache.")
+    foreign = [entry for entry in folder.iterdir() if not _CACHE_FILE.match(entry.name) or entry.is_dir()]
+    if foreign:
+        raise CacheFolderError(
+            f"refusing to replace {what} {folder}: distill did not make it (it has no {MARKER} marker) and it holds "
+            f"{describe_contents(folder)}, not only a teacher cache's files. Remove it yourself if it is really to "
+            "go, or choose another path for the cache."
+        )
+
+
+def _remove_cache_folder(folder: Path, what: str) -> None:
+    """Delete ``folder`` after :func:`_check_replaceable` passes; the only way cache.py deletes a folder."""
+    _check_replaceable(folder, what)
+    if not folder.exists():
+        return
+    if is_owned(folder):
+        remove_owned(folder, what)
+    else:  # empty, or only the files of a cache written before markers existed (checked just above)
+        shutil.rmtree(folder)
+
+
 # ----------------------------------------------------------------------------- reading
 class TeacherCache:
     """A finished cache, memory-mapped. Build with :func:`build_cache`, open with :func:`open_cache`.
@@ -232,6 +317,8 @@ class TeacherCache:
         self.dtype: str = manifest["dtype"]
         self.shard_size: int = manifest["shard_size"]
         self.features: dict[str, dict[str, Any]] = manifest["features"]
+        self._checksums: dict[str, str] | None = manifest.get("sha256")
+        self._verified: set[tuple[str, int]] = set()
         self._arrays: dict[str, list[np.ndarray]] = {}
         for name, spec in manifest["arrays"].items():
             shards = []
@@ -241,13 +328,21 @@ class TeacherCache:
                     array = np.load(file, mmap_mode="r", allow_pickle=False)
                 except (OSError, ValueError) as exc:
                     raise CacheError(f"teacher cache {self.path}: cannot read {file.name} ({exc}); "
-                                     "the cache is damaged: rebuild it with `distill cache`") from exc
+                                     "the cache is damaged: rebuild it with `distill cache --overwrite`") from exc
                 expected = (shard["rows"], *spec["row_shape"])
                 if array.shape != expected or array.dtype != np.dtype(spec["storage"]):
                     raise CacheError(f"teacher cache {self.path}: {file.name} is {array.dtype} {array.shape}, the "
-                                     f"manifest says {spec['storage']} {expected}; rebuild it with `distill cache`")
+                                     f"manifest says {spec['storage']} {expected}; rebuild it with "
+                                     "`distill cache --overwrite`")
+                if self._checksums is not None and not isinstance(self._checksums.get(file.name), str):
+                    raise CacheError(f"teacher cache {self.path}: its manifest records no sha256 for {file.name}; "
+                                     "the manifest is damaged: rebuild it with `distill cache --overwrite`")
                 shards.append(array)
             self._arrays[name] = shards
+        if self._checksums is None:
+            warnings.warn(f"teacher cache {self.path} has no shard checksums (it was built before distill recorded "
+                          "them), so its files are not verified; rebuild it with `distill cache --overwrite` to add "
+                          "them", stacklevel=3)
 
     # -- sizes
     def __len__(self) -> int:
@@ -273,9 +368,34 @@ class TeacherCache:
         return (f"TeacherCache({str(self.path)!r}, {kind}, {self.num_samples} samples x {self.num_classes} "
                 f"classes, {self.dtype}, features={sorted(self.features)})")
 
+    # -- integrity
+    def _verify(self, name: str, shard: int) -> None:
+        """Check the sha256 of array ``name``'s file of shard ``shard`` against the manifest (once)."""
+        if self._checksums is None or (name, shard) in self._verified:
+            return
+        file = self.path / _shard_file(name, self.manifest["shards"][shard]["index"])
+        try:
+            actual = sha256_file(file)
+        except OSError as exc:
+            raise CacheError(f"teacher cache {self.path}: cannot read {file.name} ({exc.strerror}); rebuild it with "
+                             "`distill cache --overwrite`") from exc
+        expected = self._checksums[file.name]
+        if actual != expected:
+            raise CacheError(f"teacher cache {self.path}: shard file {file.name} is corrupted (its sha256 "
+                             f"{actual[:16]}... differs from {expected[:16]}... recorded when it was written); "
+                             "rebuild the cache with `distill cache --overwrite` (build_cache(..., overwrite=True))")
+        self._verified.add((name, shard))
+
+    def verify(self) -> None:
+        """Check every shard file against the manifest's sha256 now (lookups check each file on first read)."""
+        for name, shards in self._arrays.items():
+            for shard in range(len(shards)):
+                self._verify(name, shard)
+
     # -- reading
     def _read(self, name: str, shard: int, local_ids: np.ndarray) -> np.ndarray:
-        """One fancy-index read of rows ``local_ids`` (sorted) of shard ``shard``."""
+        """One fancy-index read of rows ``local_ids`` (sorted) of shard ``shard`` (its file verified first)."""
+        self._verify(name, shard)
         return self._arrays[name][shard][local_ids]
 
     def _gather(self, name: str, ids: np.ndarray) -> np.ndarray:
@@ -370,6 +490,8 @@ def open_cache(path: str | Path, *, expect: dict[str, Any] | None = None, mode: 
     ``temperature``, ``dtype``, ``features``, ``num_classes``, ``shard_size``) to the run's
     values; every difference is named in one CacheError. ``temperature`` is not compared for
     a dense cache; ``features`` (name -> module path) must be a subset of the cache's.
+    Opening reads only the manifest and the ``.npy`` headers; each shard file's sha256 is
+    checked when a lookup first reads it (``TeacherCache.verify()`` checks all of them now).
     """
     path = Path(path)
     if path.name.endswith(PARTIAL_SUFFIX):
@@ -383,16 +505,17 @@ def open_cache(path: str | Path, *, expect: dict[str, Any] | None = None, mode: 
         raise CacheError(f"no teacher cache at {path}{hint} (create one with `distill cache RECIPE`)")
     if not (path / MANIFEST).is_file():
         raise CacheError(f"{path} is not a teacher cache: it has no {MANIFEST} (a cache's manifest is written last, "
-                         "so this may be an unfinished build); rebuild it with `distill cache`")
+                         "so this may be an unfinished build); rebuild it with `distill cache --overwrite`")
     try:
         manifest = _read_json(path / MANIFEST)
     except (OSError, ValueError) as exc:
-        raise CacheError(f"{path / MANIFEST} is unreadable ({exc}); rebuild the cache with `distill cache`") from exc
+        raise CacheError(f"{path / MANIFEST} is unreadable ({exc}); rebuild the cache with "
+                         "`distill cache --overwrite`") from exc
     if manifest.get("format") != FORMAT:
         raise CacheError(f"{path / MANIFEST} is not a distill teacher cache manifest (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
         raise CacheError(f"teacher cache {path} has format version {manifest.get('version')!r}; this distill reads "
-                         f"version {VERSION}: rebuild it with `distill cache`")
+                         f"version {VERSION}: rebuild it with `distill cache --overwrite`")
     if expect:
         _check_expect(path, manifest, expect)
     return TeacherCache(path, manifest, mode=mode)
@@ -435,13 +558,17 @@ def _load_progress(partial: Path, config: dict[str, Any]) -> dict[int, dict[str,
     for marker in partial.glob("shard-*.done"):
         try:
             info = _read_json(marker)
+            checksums = info.setdefault("sha256", {})  # a marker written before checksums: computed now
             for file, rows in info["files"].items():
                 array = np.load(partial / file, mmap_mode="r", allow_pickle=False)
                 if array.shape[0] != rows:
                     raise ValueError(f"{file} has {array.shape[0]} rows, expected {rows}")
                 del array
+                actual = sha256_file(partial / file)
+                if checksums.setdefault(file, actual) != actual:
+                    raise ValueError(f"{file} changed since it was written")
             done[int(info["shard"])] = info
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # recompute that shard
     return done
 
@@ -467,7 +594,10 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
         features: {name: dotted module path}; each module's output is captured with a forward
             hook and stored flattened, per sample.
         mode: the mode of the returned cache's SparseTeacher lookups.
-        overwrite: replace an existing cache at ``path`` that does not match.
+        overwrite: replace an existing cache at ``path`` that does not match, or that matches but
+            whose files fail their checksums (all are verified first). Only a teacher cache
+            distill made (or an empty folder) is ever replaced; anything else at ``path`` is
+            refused with CacheFolderError (see "Ownership and overwrite" above).
         device: where to run the teacher (default: where its parameters are).
 
     Returns the opened cache. A matching finished cache at ``path`` is returned without running
@@ -515,6 +645,8 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
             try:
                 existing = open_cache(path, mode=mode)
                 lines = _differences(_identity(existing.manifest), _identity(config), "this build")
+                if not lines and overwrite:  # --overwrite also replaces a matching cache whose bytes changed
+                    existing.verify()
             except CacheError as exc:
                 existing, lines = None, [f"  - the cache is unreadable: {exc}"]
             if not lines and existing is not None:
@@ -523,21 +655,23 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
                 raise CacheError(f"a teacher cache at {path} exists but does not match this build:\n" + "\n".join(lines)
                                  + "\nPass overwrite=True (`distill cache --overwrite`) to replace it, or choose another path.")
         elif not overwrite:
-            raise CacheError(f"{path} exists and is not a teacher cache (no {MANIFEST}); remove it, choose another "
-                             "path, or pass overwrite=True")
+            raise CacheError(f"{path} exists and is not a teacher cache (no {MANIFEST}); remove it or choose another "
+                             "path (overwrite=True replaces only an empty folder or a cache distill made)")
+    if path.exists() or path.is_symlink():  # overwrite: refuse now, before the teacher runs, if it is not a cache
+        _check_replaceable(path, "teacher cache path")
 
     partial = _partial_path(path)
     done: dict[int, dict[str, Any]] | None = None
+    _check_replaceable(partial, "unfinished teacher cache")  # a .partial must be ours to resume or discard
     if partial.is_dir():
         done = _load_progress(partial, config)
         if done is None:
-            shutil.rmtree(partial)
-    elif partial.exists():
-        partial.unlink()
+            _remove_cache_folder(partial, "unfinished teacher cache")
     if done is None:
         partial.mkdir(parents=True)
         _write_json(partial / PROGRESS, config)
         done = {}
+    mark_owned(partial, OWNED_KIND)  # also a resumed .partial made before markers existed
     for stale in partial.glob(".*.tmp"):  # from a hard crash mid-shard
         stale.unlink()
 
@@ -572,6 +706,7 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
         for shard in shards:
             start, stop = shard * shard_size, min((shard + 1) * shard_size, len(dataset))
             writers: dict[str, np.ndarray] = {}
+            nonfinite: dict[str, list[int]] = {}  # what -> sample ids, over the whole shard
             try:
                 for begin in range(start, stop, batch_size):
                     end = min(begin + batch_size, stop)
@@ -579,7 +714,9 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
                     with torch.inference_mode():
                         output = teacher(dataset.inputs[begin:end].to(device))
                     arrays = _batch_arrays(output, captured, hooked, k, temperature, dtype, end - begin,
-                                           f"samples {begin}..{end - 1}")
+                                           f"samples {begin}..{end - 1}", begin)
+                    for what, ids in arrays.pop("__nonfinite__").items():
+                        nonfinite.setdefault(what, []).extend(ids)
                     observed = {"num_classes": arrays.pop("__num_classes__"),
                                 "features": {name: list(captured_shape) for name, captured_shape
                                              in arrays.pop("__feature_shapes__").items()}}
@@ -596,7 +733,9 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
                     for name, array in arrays.items():
                         writers[name][begin - start:end - start] = array
                     bar.update(end - begin)
-                files = {}
+                if nonfinite:
+                    raise CacheError(_nonfinite_message(nonfinite, shard, start, stop))
+                files, checksums = {}, {}
                 for writer in writers.values():
                     writer.flush()
                 names = list(writers)
@@ -607,9 +746,11 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
                         os.fsync(handle.fileno())
                     os.replace(tmp, partial / _shard_file(name, shard))
                     files[_shard_file(name, shard)] = stop - start
+                    checksums[_shard_file(name, shard)] = sha256_file(partial / _shard_file(name, shard))
                 writers.clear()
                 _fsync_dir(partial)
-                marker = {"shard": shard, "start": start, "rows": stop - start, "files": files, **shapes}
+                marker = {"shard": shard, "start": start, "rows": stop - start, "files": files,
+                          "sha256": checksums, **shapes}
                 _write_json(partial / _marker(shard), marker)
                 new_shards[shard] = marker
             except BaseException:
@@ -625,18 +766,39 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
     return {**shapes, "shards": new_shards}
 
 
+def _nonfinite_rows(values: Tensor, first: int) -> list[int]:
+    """Sample ids (rows are samples ``first``, ``first + 1``, ...) whose row holds a NaN or an inf."""
+    finite = torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    return [] if bool(finite.all()) else ((~finite).nonzero().flatten() + first).tolist()
+
+
+def _nonfinite_message(nonfinite: dict[str, list[int]], shard: int, start: int, stop: int, limit: int = 10) -> str:
+    parts = []
+    for what, ids in nonfinite.items():
+        shown = ", ".join(str(i) for i in ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+        parts.append(f"{what} for sample id(s) {shown}")
+    return (f"the teacher's outputs are not finite (NaN or inf) in shard {shard} (samples {start}..{stop - 1}): "
+            f"{'; '.join(parts)}. A cache of them would poison every student trained on it, so this shard was not "
+            "written and the build stopped (finished shards are kept). Check the teacher (its weights, its dtype, "
+            "or inputs that overflow it) and build again")
+
+
 def _batch_arrays(output: Any, captured: dict[str, Any], hooked: dict[str, nn.Module], k: int | None,
-                  temperature: float, dtype: str, rows: int, where: str) -> dict[str, Any]:
-    """One batch's teacher outputs as numpy arrays in their stored dtypes."""
+                  temperature: float, dtype: str, rows: int, where: str, first: int = 0) -> dict[str, Any]:
+    """One batch's teacher outputs (samples ``first``, ``first + 1``, ...) as numpy arrays in their stored dtypes.
+
+    ``"__nonfinite__"`` maps each output holding NaN or inf to the sample ids of those rows.
+    """
     logits = getattr(output, "logits", output)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise CacheError(f"teacher output for {where} must be logits of shape ({rows}, C), got {shape}")
     logits = logits.detach().float()
-    if torch.isnan(logits).any():
-        raise CacheError(f"teacher output for {where} contains NaN; a cache of it would be useless")
     num_classes = logits.shape[1]
     arrays: dict[str, Any] = {}
+    nonfinite = {"logits": bad} if (bad := _nonfinite_rows(logits, first)) else {}
+    if nonfinite:  # stored as zeros (never written: the shard is refused); keeps top-k and dtype checks quiet
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
     if k is None:
         arrays["logits"] = _encode(logits, dtype, f"teacher logits for {where}")
     else:
@@ -654,7 +816,12 @@ def _batch_arrays(output: Any, captured: dict[str, Any], hooked: dict[str, nn.Mo
             raise CacheError(f"feature {name!r}: the module's output for {where} must be a tensor of shape "
                              f"({rows}, ...), got {got}")
         feature_shapes[name] = tuple(value.shape[1:])
+        value = value.detach().float()
+        if bad := _nonfinite_rows(value, first):
+            nonfinite[f"feature {name!r}"] = bad
+            value = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)
         arrays[f"feature.{name}"] = _encode(value.reshape(rows, -1), dtype, f"feature {name!r} for {where}")
+    arrays["__nonfinite__"] = nonfinite
     arrays["__num_classes__"] = num_classes
     arrays["__feature_shapes__"] = feature_shapes
     return arrays
@@ -688,22 +855,25 @@ def _finalise(path: Path, partial: Path, config: dict[str, Any], done: dict[int,
         "shard_size": config["shard_size"],
         "shards": [{"index": shard, "start": done[shard]["start"], "rows": done[shard]["rows"]} for shard in sorted(done)],
         "arrays": arrays,
+        "sha256": {file: digest for shard in sorted(done) for file, digest in sorted(done[shard]["sha256"].items())},
         "teacher_class": type(teacher).__name__,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     _write_json(partial / MANIFEST, manifest)
     _fsync_dir(partial)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         if not overwrite:  # appeared while we were building
             raise CacheError(f"{path} appeared while the cache was being built; the finished build is in {partial}")
+        _check_replaceable(path, "teacher cache path")  # again: it may have changed while the teacher ran
         old = path.with_name(f"{path.name}.old-{os.getpid()}")
-        os.replace(path, old) if path.is_file() else os.rename(path, old)
+        number = 0
+        while old.exists() or old.is_symlink():  # never rename onto (and so replace) something else
+            number += 1
+            old = path.with_name(f"{path.name}.old-{os.getpid()}-{number}")
+        os.rename(path, old)
         os.rename(partial, path)
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink(missing_ok=True)
+        _remove_cache_folder(old, "replaced teacher cache")
     else:
         os.rename(partial, path)
     _fsync_dir(path.parent)

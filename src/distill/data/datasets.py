@@ -2,6 +2,15 @@
 
 Every loader is ``fn(split, root=None, cache_dir=None) -> ArrayDataset`` with ``split`` in
 ``SPLITS``; inputs come back normalised float32 (N, C, H, W), targets int64 (N,).
+
+Image archives and folders (CIFAR-10) are data from elsewhere, so they are read defensively:
+only regular files and folders (no symbolic or hard links, devices or FIFOs, no absolute or
+``..`` member paths), and only the ``<top>/<class>/<image>`` layout (``train/cat/0001.jpg``;
+for a folder source, ``<class>/<image>`` under the split folder), so a class name is always
+the image's immediate folder. Anything else raises :class:`ImageSourceError` naming the
+archive or folder and the entry. Files that are not images (``.DS_Store``, a README) are
+skipped wherever they are. The decoded arrays are cached under a key made from the source's
+full contents (see :func:`_source_key`).
 """
 from __future__ import annotations
 
@@ -9,10 +18,12 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import tarfile
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -21,16 +32,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.safety import sha256_file
+
 from . import DATASETS
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-CACHE_VERSION = 1  # bump when the cache layout changes: old files are then never read
+CACHE_VERSION = 2  # bump when the cache layout or the decoding rules change: old files are then never read
+IMAGE_LAYOUT = "<split>/<class>/<image>"
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class ImageSourceError(ValueError):
+    """An image archive or folder that is unreadable, holds an unsafe entry or breaks the layout.
+
+    The message names the archive or folder, the entry, and the layout that would be right.
+    """
 
 
 @dataclass
@@ -122,7 +143,8 @@ def _require_root(name: str, root: str | Path | None, folder: str, holding: str)
                          f"e.g. '../shared/data/{folder}'")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset {name!r}: root {str(root)!r} is not a folder "
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"dataset {name!r}: root {str(root)!r} {problem} "
                                 f"(expected the folder holding {holding}, e.g. '../shared/data/{folder}')")
     return root
 
@@ -239,57 +261,162 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*/*") if p.is_file() and _is_image(p.name))
+def _layout_error(source: Path, entry: str, problem: str) -> ImageSourceError:
+    example = "train/cat/0001.jpg" if source.is_file() else "cat/0001.jpg"
+    where = "members" if source.is_file() else "images under the split folder"
+    expected = "<top>/<class>/<image>" if source.is_file() else "<class>/<image>"
+    return ImageSourceError(f"{source}: {entry!r} {problem}; the expected layout is {IMAGE_LAYOUT} ({where} "
+                            f"as {expected}, e.g. {example!r}), so each image's folder names its class")
+
+
+def _check_member(source: Path, member: tarfile.TarInfo) -> None:
+    """Refuse a tar member that is not a plain file or folder, or whose path leaves the archive."""
+    name = member.name
+    if name.startswith("/") or PurePosixPath(name).is_absolute():
+        raise ImageSourceError(f"{source}: member {name!r} has an absolute path; an image archive's members must be "
+                               f"relative paths ({IMAGE_LAYOUT})")
+    if ".." in re.split(r"[\\/]", name):
+        raise ImageSourceError(f"{source}: member {name!r} has a '..' path component; an image archive's members "
+                               f"must stay inside it ({IMAGE_LAYOUT})")
+    if member.isreg() or member.isdir():
+        return
+    if member.issym():
+        kind = f"a symbolic link (to {member.linkname!r})"
+    elif member.islnk():
+        kind = f"a hard link (to {member.linkname!r})"
+    elif member.ischr() or member.isblk():
+        kind = "a device file"
+    elif member.isfifo():
+        kind = "a FIFO"
+    else:
+        kind = f"of tar type {member.type!r}"
+    raise ImageSourceError(f"{source}: member {name!r} is {kind}; an image archive may hold only regular files and "
+                           "folders (store the image itself, not a link to it)")
+
+
+def _tar_entries(source: Path) -> list[tuple[str, str, str, bytes]]:
+    """(class, file name, member name, bytes) of every image in the tar ``source``, checked."""
+    entries = []
+    seen: set[str] = set()
+    top = None
+    try:
+        with tarfile.open(source, "r|*") as tar:  # streaming: one pass, no seeks
+            for member in tar:
+                _check_member(source, member)
+                if member.isdir() or not _is_image(member.name):
+                    continue
+                parts = PurePosixPath(member.name).parts
+                if len(parts) != 3:
+                    problem = ("is not inside a class folder" if len(parts) < 3 else
+                               "is deeper than <top>/<class>/<image>")
+                    raise _layout_error(source, member.name, problem)
+                if top is None:
+                    top = parts[0]
+                elif parts[0] != top:
+                    raise _layout_error(source, member.name, f"is under top folder {parts[0]!r}, but earlier "
+                                                             f"members are under {top!r} (one top folder expected)")
+                key = "/".join(parts)
+                if key in seen:
+                    raise ImageSourceError(f"{source}: member {member.name!r} appears twice; an image archive must "
+                                           "hold each image once")
+                seen.add(key)
+                entries.append((parts[1], parts[2], member.name, tar.extractfile(member).read()))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise ImageSourceError(f"{source}: cannot read it as a tar archive ({exc}); expected a .tar or .tar.gz "
+                               f"of {IMAGE_LAYOUT} images (or an extracted folder)") from exc
+    return entries
+
+
+def _folder_images(folder: Path) -> list[tuple[str, Path]]:
+    """(relative path, path) of every image under ``folder`` (a split folder), sorted; checked.
+
+    No link is followed or accepted (a symbolic link to a file or a folder is refused), nor a
+    FIFO or device; images must sit exactly one folder deep (``<class>/<image>``).
+    """
+    images = []
+    pending = [("", 0)]  # (relative path of a folder, its depth)
+    while pending:
+        relative, depth = pending.pop()
+        current = folder / relative if relative else folder
+        try:
+            with os.scandir(current) as listing:
+                found = list(listing)
+        except OSError as exc:
+            raise ImageSourceError(f"{folder}: cannot list {current} ({exc.strerror})") from exc
+        for entry in found:
+            shown = f"{relative}/{entry.name}" if relative else entry.name
+            if entry.is_symlink():
+                raise ImageSourceError(f"{folder}: {shown!r} is a symbolic link (to {os.readlink(entry.path)!r}); an "
+                                       "image folder may hold only regular files and folders (copy the image in instead)")
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((shown, depth + 1))
+            elif not entry.is_file(follow_symlinks=False):
+                raise ImageSourceError(f"{folder}: {shown!r} is not a regular file (a FIFO, socket or device); an "
+                                       "image folder may hold only regular files and folders")
+            elif _is_image(entry.name):
+                if depth != 1:
+                    raise _layout_error(folder, shown, "is not inside a class folder" if depth < 1
+                                        else "is deeper than <class>/<image>")
+                images.append((shown, Path(entry.path)))
+    return sorted(images)
 
 
 def _source_key(source: Path) -> str:
-    """Cache key: a tar's size + its first MiB; a folder's (path, size, mtime) of every image."""
+    """Cache key over the source's full contents (16 hex digits).
+
+    A tar: sha256 of the whole file. A folder: sha256 over every image's relative path and the
+    sha256 of its bytes (so an edit that keeps a file's size and mtime still changes the key).
+    """
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     if source.is_file():
-        digest.update(str(source.stat().st_size).encode())
-        with open(source, "rb") as f:
-            digest.update(f.read(1 << 20))
+        digest.update(f"tar|{sha256_file(source)}".encode())
     else:
-        for path in _folder_images(source):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(source).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        for relative, path in _folder_images(source):
+            digest.update(f"{relative}|{sha256_file(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _read_entries(source: Path) -> list[tuple[str, str, str, bytes]]:
+    """(class, file name, where, bytes) of every image of a tar or folder, sorted by (class, file name)."""
+    if source.is_file():
+        entries = _tar_entries(source)
+    else:
+        entries = [(path.parent.name, path.name, str(path), path.read_bytes())
+                   for _, path in _folder_images(source)]
+    entries.sort()
+    return entries
 
 
 def _decode_images(source: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode ``<class>/<file>`` images from a tar or folder: uint8 (N, H, W, 3), labels (N,), classes.
 
-    Classes are the folder names sorted alphabetically; samples are sorted by (class, path).
+    Classes are the folder names sorted alphabetically; samples are sorted by (class, file
+    name). The layout and the entries are checked first (see the module docstring).
     """
     from PIL import Image
     from tqdm.auto import tqdm
 
-    entries: list[tuple[str, str, bytes]] = []  # (class, path, encoded bytes)
-    if source.is_file():
-        with tarfile.open(source, "r|*") as tar:  # streaming: one pass, no seeks
-            for member in tar:
-                parts = PurePosixPath(member.name).parts
-                if member.isfile() and len(parts) >= 2 and _is_image(member.name):
-                    entries.append((parts[-2], member.name, tar.extractfile(member).read()))
-    else:
-        entries = [(p.parent.name, str(p), p.read_bytes()) for p in _folder_images(source)]
+    entries = _read_entries(source)
     if not entries:
-        raise ValueError(f"{source}: no <class>/<image>{'|'.join(IMAGE_SUFFIXES)} files found")
-    entries.sort()
-    classes = sorted({cls for cls, _, _ in entries})
+        raise ImageSourceError(f"{source}: no <class>/<image> files found (images end in "
+                               f"{'|'.join(IMAGE_SUFFIXES)}); the expected layout is {IMAGE_LAYOUT}")
+    classes = sorted({cls for cls, _, _, _ in entries})
     class_index = {cls: k for k, cls in enumerate(classes)}
     images = None
-    for i, (cls, path, data) in enumerate(tqdm(entries, desc=f"decoding {source.name}", unit="img",
-                                               leave=False)):
-        with Image.open(io.BytesIO(data)) as img:
-            array = np.asarray(img.convert("RGB"))
+    for i, (cls, _, where, data) in enumerate(tqdm(entries, desc=f"decoding {source.name}", unit="img",
+                                                   leave=False)):
+        shown = f"{source}: {where}" if source.is_file() else where
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                array = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageSourceError(f"{shown}: cannot decode the image ({exc})") from exc
         if images is None:
             images = np.empty((len(entries), *array.shape), dtype=np.uint8)
         elif array.shape != images.shape[1:]:
-            raise ValueError(f"{path}: image of shape {array.shape}, but earlier images are {images.shape[1:]}")
+            raise ValueError(f"{shown}: image of shape {array.shape}, but earlier images are {images.shape[1:]}")
         images[i] = array
-    labels = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
+    labels = np.array([class_index[cls] for cls, _, _, _ in entries], dtype=np.int64)
     return images, labels, classes
 
 
@@ -328,7 +455,9 @@ def load_image_folder(name: str, source: Path, cache_dir: str | Path | None = No
                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decoded images of a tar or folder, cached as ``<cache_dir>/<name>-<source>-<key>.npz``.
 
-    Returns uint8 (N, H, W, 3), int64 labels (N,) and the sorted class names.
+    ``key`` hashes the source's full contents (:func:`_source_key`), so an edited archive or
+    image is decoded afresh. Returns uint8 (N, H, W, 3), int64 labels (N,) and the sorted class
+    names.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stem = source.name.split(".")[0]

@@ -41,8 +41,10 @@ class InMemoryLoader:
     def __init__(self, dataset: ArrayDataset, batch_size: int, *, shuffle: bool = True,
                  drop_last: bool = False, seed: int = 0, augment: Augment | None = None,
                  rank: int = 0, world_size: int = 1) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1 (the number of processes), got {world_size!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if world_size > 1 and (batch_size % world_size or not drop_last):
