@@ -121,3 +121,25 @@ def test_unknown_loss_name():
 
     with pytest.raises(UnknownNameError, match="did you mean 'kl'"):
         LossTerm("kll")
+
+
+def test_a_params_typo_is_refused_when_the_term_is_made_not_at_the_first_step():
+    # before: LossTerm("jsd", params={"bta": ...}) was accepted and Distiller(...)(batch) raised
+    # "TypeError: jsd() got an unexpected keyword argument 'bta'"
+    with pytest.raises(ValueError, match=r"loss 'jsd' has no parameter 'bta' \(did you mean 'beta'\?\); valid "
+                                         r"parameters: reduction, beta"):
+        LossTerm("jsd", 0.2, 2.0, {"bta": 0.3})
+    with pytest.raises(ValueError, match="'temperature' is set on the term itself"):
+        LossTerm("kl", params={"temperature": 4.0})
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(temperature=0.0), "temperature is 0.0; it must be a finite number > 0"),
+    (dict(temperature=float("inf")), "temperature is inf"),
+    (dict(weight=float("nan")), "weight is nan; it must be a finite number"),
+    (dict(params={"reduction": "none"}), "reduction 'none' returns one value per sample"),
+])
+def test_term_values_the_distiller_cannot_use_are_refused_when_made(kwargs, expected):
+    with pytest.raises(ValueError, match=rf"^loss 'kl': {expected}"):
+        LossTerm("kl", **kwargs)
+    assert LossTerm("kl", params={"reduction": "sum"}).params == {"reduction": "sum"}

@@ -1,4 +1,5 @@
-"""Evaluation: golden ECE, agreement and KL against an independent computation, latency, sizes."""
+"""Evaluation: golden ECE, agreement and KL against an independent computation, latency, sizes;
+non-finite logits refused, a model file that does not fit the data named."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from distill.evaluation import compare_to_teacher, evaluate, expected_calibration_error, measure_latency, predict
+from distill.evaluation import (NonFiniteError, check_finite_logits, check_model_fits, compare_to_teacher, evaluate,
+                                expected_calibration_error, measure_latency, predict)
 from distill.models.utils import count_parameters, model_bytes
 
 
@@ -125,3 +127,62 @@ def test_evaluate_reports_everything(tmp_path):
     assert metrics["file_bytes"] == 123 and metrics["parameters"] == 15
     assert metrics["latency_b1_ms"] > 0 and metrics["latency_b64_ms"] > 0 and metrics["threads"] >= 1
     assert "latency_b1_ms" not in evaluate(model, inputs, target, latency=False)
+
+
+class Poisoned(nn.Module):
+    """Logits (B, 3); samples whose first input is > ``threshold`` come out NaN."""
+
+    def __init__(self, threshold: float = 1.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.threshold = threshold
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        return torch.where(x[:, :1] > self.threshold, torch.full_like(logits, float("nan")), logits)
+
+
+def test_non_finite_logits_are_refused_naming_the_model_file_and_how_many():
+    # before: evaluate reported an accuracy over NaN logits (argmax of NaN is a class like any other)
+    inputs = torch.zeros(10, 4)
+    inputs[[2, 7], 0] = 5.0
+    target = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(NonFiniteError, match=r"^model file student.safetensors produced NaN or infinite logits for "
+                                             r"2 of 10 samples \(first: sample 2\).*inputs are finite"):
+        evaluate(Poisoned(), inputs, target, file="student.safetensors", latency=False)
+    with pytest.raises(ValueError, match=r"^model Poisoned produced NaN .* for 2 of 10 samples"):
+        predict(Poisoned(), inputs, batch_size=3)  # found across batches
+    assert issubclass(NonFiniteError, ValueError)
+
+
+def test_non_finite_inputs_are_named_as_the_cause():
+    inputs = torch.randn(6, 4)
+    inputs[4, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"1 of 6 samples \(first: sample 4\).*1 of those samples have NaN or "
+                                         r"infinite inputs: check the data"):
+        predict(Tiny().eval(), inputs)
+
+
+def test_non_finite_teacher_logits_are_refused():
+    inputs, target = torch.randn(5, 4), torch.zeros(5, dtype=torch.long)
+    teacher_logits = torch.randn(5, 3)
+    teacher_logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="the teacher produced NaN or infinite logits for 1 of 5 samples"):
+        evaluate(Tiny(), inputs, target, teacher_logits=teacher_logits, latency=False)
+
+
+def test_check_finite_logits_passes_finite_ones_and_empty_inputs_are_refused():
+    check_finite_logits(torch.randn(4, 3), what="x")
+    with pytest.raises(ValueError, match="no samples to predict on"):
+        predict(Tiny(), torch.randn(0, 4))
+
+
+def test_check_model_fits_names_the_file_and_the_data():
+    spec = {"model": "mlp", "input_shape": [1, 8, 8], "num_classes": 10}
+    check_model_fits(spec, torch.Size([1, 8, 8]), 10, model_name="student.safetensors", data_name="digits")
+    with pytest.raises(ValueError) as info:
+        check_model_fits(spec, (1, 28, 28), 10, model_name="student.safetensors", data_name="mnist")
+    assert str(info.value).startswith("model file student.safetensors was made for inputs (1, 8, 8) and 10 classes, "
+                                      "but data 'mnist' has inputs (1, 28, 28) and 10 classes")
+    with pytest.raises(ValueError, match=r"and 10 classes, but data 'cifar100' has inputs \(1, 8, 8\) and 100 classes"):
+        check_model_fits(spec, [1, 8, 8], 100, model_name="student.safetensors", data_name="cifar100")

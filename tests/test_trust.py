@@ -180,3 +180,39 @@ def test_remove_owned(tmp_path):
     link.symlink_to(tmp_path)
     with pytest.raises(FolderError, match="symbolic link"):
         remove_owned(link)
+
+
+# -- export and bench: a run folder's recipe.yaml and a variant's card.json are files too ----------
+
+def test_export_refuses_data_code_named_by_a_run_folder(tmp_path, payload):
+    from distill.export.source import load_student
+
+    name, sentinel = payload
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_model(MLP(input_shape=(1, 8, 8), num_classes=10, hidden=(8,)), run_dir / "model.safetensors",
+               {"model": "mlp", "params": {"hidden": [8]}, "input_shape": [1, 8, 8], "num_classes": 10})
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump({"data": {"name": f"{name}:build"}}))
+    with pytest.raises(UntrustedCodeError, match=r"recipe.yaml \(data.name\)"):
+        load_student(run_dir)
+    result = runner.invoke(app, ["export", str(run_dir), "--target", "cpu"])
+    assert result.exit_code == 2 and "--trust-code" in one_line(result)
+    assert not sentinel.exists()
+    assert load_student(run_dir, data="digits").data_name == "digits"  # the user's own --data is theirs
+
+
+def test_bench_refuses_code_named_by_a_card(tmp_path, payload):
+    import json
+
+    from export.test_bench_source import export_folder, student_run
+
+    name, sentinel = payload
+    exported = export_folder(student_run(tmp_path / "run"))
+    card_path = exported / "cpu-fp32" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["accuracy"]["dataset"] = f"{name}:build"
+    card_path.write_text(json.dumps(card))
+    result = runner.invoke(app, ["bench", str(exported)])
+    assert result.exit_code == 2, result.output
+    assert "card.json (dataset)" in one_line(result) and "--trust-code" in one_line(result)
+    assert not sentinel.exists()

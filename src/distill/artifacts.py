@@ -162,6 +162,21 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def refuse_code_named_by_file(name: str, registered, source: str, *, trust_code: bool = False) -> str:
+    """``name`` (read from the file ``source``) unless it names user code without ``trust_code``.
+
+    A name outside ``registered`` of the form ``package.module:callable`` would be imported and
+    called; a file may only do that with the user's explicit ``trust_code`` (``--trust-code``).
+    """
+    if name in registered or ":" not in str(name) or trust_code:
+        return name
+    raise UntrustedCodeError(
+        f"{source} names code to import and run, {name!r}. distill never runs code named by a file unless you "
+        "say you trust it: pass --trust-code (trust_code=True in Python, like Hugging Face's trust_remote_code) "
+        "only for a file from someone you trust, or name it yourself (e.g. --data)"
+    )
+
+
 def check_architecture(spec: dict[str, Any], path: str | Path, *, trust_code: bool = False) -> str:
     """The architecture name a model file's ``spec`` gives, if distill may build it.
 

@@ -90,7 +90,6 @@ def run(
     """Train the student a recipe describes, evaluate it, write the run folder."""
     from distill.recipe import load_recipe
     from distill.runner import run_recipe
-    from distill.training.loop import NonFiniteError
 
     if num_processes > 1:
         _launch(num_processes, recipe, overrides or [], resume=resume, overwrite=overwrite, progress=progress,
@@ -101,10 +100,8 @@ def run(
         if trust_code:
             _trust_recipe_code(loaded)
         result = run_recipe(loaded, resume=resume, overwrite=overwrite, progress=progress)
-    except _user_errors() as exc:
+    except _user_errors() as exc:  # a NaN / inf loss too (distill.safety.NonFiniteError)
         _fail(str(exc))
-    except NonFiniteError as exc:
-        _fail(str(exc), code=1)
     if result.metrics:  # only the main process evaluates
         console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
         console.print(f"Run folder: {result.run_dir}")
@@ -229,15 +226,18 @@ def eval_(
     """Accuracy, agreement and KL with a teacher, ECE, parameters, bytes, latency."""
     from distill.artifacts import load_model
     from distill.data import build_dataset
-    from distill.evaluation import evaluate, predict
+    from distill.evaluation import check_model_fits, evaluate, predict
 
     try:
-        student, _ = load_model(model, trust_code=trust_code)
+        student, spec = load_model(model, trust_code=trust_code)
         dataset = build_dataset(data, split, root=root)
+        check_model_fits(spec, dataset.input_shape, dataset.num_classes, model_name=str(model), data_name=data)
         teacher_logits, rows = None, []
         if teacher is not None:
-            teacher_model = load_model(teacher, trust_code=trust_code)[0]
-            teacher_logits = predict(teacher_model, dataset.inputs)
+            teacher_model, teacher_spec = load_model(teacher, trust_code=trust_code)
+            check_model_fits(teacher_spec, dataset.input_shape, dataset.num_classes, model_name=str(teacher),
+                             data_name=data)
+            teacher_logits = predict(teacher_model, dataset.inputs, what=f"model file {teacher}")
             rows.append((f"teacher ({teacher.name})", evaluate(teacher_model, dataset.inputs, dataset.targets, file=teacher)))
         metrics = evaluate(student, dataset.inputs, dataset.targets, teacher_logits=teacher_logits, file=model)
         from distill.runner import is_quantized
@@ -268,6 +268,7 @@ def export_(
     min_agreement: Optional[float] = typer.Option(None, help="min top-1 agreement with eager PyTorch (overrides the default)"),
     threads: int = typer.Option(1, min=1, help="torch and runtime threads for checks and latency"),
     samples: Optional[int] = typer.Option(None, min=1, help="held-out samples for parity and accuracy (default: all)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Export a student for a target, verify each variant against eager PyTorch, write model cards."""
     from distill.export import ExportOptions, Exporter, check_request, default_precisions, load_student
@@ -279,7 +280,7 @@ def export_(
     command += [item for p in precision or [] for item in ("--precision", p)] + ["--threads", str(threads)]
     try:
         check_request(target, precision or [])
-        student = load_student(checkpoint, data=data, root=root)
+        student = load_student(checkpoint, data=data, root=root, trust_code=trust_code)
         precisions = list(precision or default_precisions(target, student))
         out_dir = out or (student.run_dir / "export" if student.run_dir else
                           student.checkpoint.with_name(student.checkpoint.stem + "-export"))
@@ -318,12 +319,13 @@ def bench(
     threads: int = typer.Option(1, min=1, help="torch and onnxruntime threads (recorded)"),
     repeats: int = typer.Option(50, min=3, help="timed runs at batch 1 (a third at batch 64), after warm-up"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows here"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Time teacher, student and every exported variant side by side (median, batch 1 and 64)."""
     from distill.export.bench import bench as run_bench
 
     try:
-        result = run_bench(export_dir, teacher=teacher, threads=threads, repeats=repeats)
+        result = run_bench(export_dir, teacher=teacher, threads=threads, repeats=repeats, trust_code=trust_code)
     except _user_errors() as exc:
         _fail(str(exc))
     table = Table(title=f"distill bench {export_dir}: {result['dataset']} test ({result['samples']:,}), "

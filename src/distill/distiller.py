@@ -8,13 +8,15 @@ DDP sees (the Distiller is a plain object, not an ``nn.Module``).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from distill.losses import LOGIT_LOSSES, LOSS_NEEDS
+from distill.losses import LOGIT_LOSSES, LOSS_NEEDS, check_loss_params
 from distill.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -24,7 +26,13 @@ for _name, _fn in LOGIT_LOSSES.items():
 
 @dataclass
 class LossTerm:
-    """``weight * loss(student_logits, teacher_logits, target, temperature=..., **params)``."""
+    """``weight * loss(student_logits, teacher_logits, target, temperature=..., **params)``.
+
+    Checked when made, not at the first step: ``params`` must be keywords the loss takes
+    (:func:`distill.losses.check_loss_params`; ``temperature`` is the term's own field), the
+    weight finite, the temperature finite and > 0, and ``reduction`` (if given) ``"mean"`` or
+    ``"sum"``: the Distiller adds scalar terms. Each failure is a ``ValueError`` naming the term.
+    """
 
     name: str
     weight: float = 1.0
@@ -34,10 +42,25 @@ class LossTerm:
     def __post_init__(self) -> None:
         self.fn: Callable = LOSSES.get(self.name)
         self.needs = LOSS_NEEDS.get(self.name, frozenset({"teacher"}))
+        check_loss_params(self.name, self.params, fn=self.fn)
+        check_term(f"loss {self.name!r}", self.weight, self.params)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, numbers.Real) \
+                or not 0 < self.temperature < math.inf:
+            raise ValueError(f"loss {self.name!r}: temperature is {self.temperature!r}; it must be a finite number > 0")
 
     @property
     def key(self) -> str:
         return self.name
+
+
+def check_term(what: str, weight: Any, params: dict[str, Any]) -> None:
+    """Refuse a non-finite or non-numeric ``weight``, and ``params["reduction"] == "none"``: the Distiller
+    adds scalar terms. ``what`` names the term in the message (``loss 'kl'``)."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        raise ValueError(f"{what}: weight is {weight!r}; it must be a finite number")
+    if params.get("reduction") == "none":
+        raise ValueError(f"{what}: reduction 'none' returns one value per sample, but the Distiller adds scalar terms; "
+                         "use 'mean' (the default) or 'sum'")
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:

@@ -1,7 +1,10 @@
 """Evaluation: quality against labels and teacher, and cost (parameters, bytes, latency).
 
 All numbers for one model come from :func:`evaluate`; latency from :func:`measure_latency`
-(median of repeated timed runs after warm-up, thread count recorded).
+(median of repeated timed runs after warm-up, thread count recorded). A non-finite logit never
+passes silently: :func:`predict` raises ``ValueError`` (naming the model and how many samples)
+instead of letting accuracy be computed over NaN. :func:`check_model_fits` refuses a model file
+whose inputs or classes do not match the data it is evaluated on.
 """
 from __future__ import annotations
 
@@ -17,16 +20,70 @@ from torch import nn
 from distill.models.utils import count_parameters, model_bytes
 
 
+from distill.safety import NonFiniteError  # noqa: E402  (re-exported: a model produced NaN / inf outputs)
+
+
+def check_finite_logits(logits: torch.Tensor, *, what: str, inputs: torch.Tensor | None = None) -> None:
+    """Raise :class:`NonFiniteError` when a row of ``logits`` (N, K) holds a NaN or an infinity.
+
+    The message names ``what`` (e.g. ``"model file student.safetensors"``), how many of the N
+    samples and the first of them, and, given ``inputs`` (N, ...), whether the inputs themselves
+    were finite (bad data) or not (the model's weights or arithmetic).
+    """
+    bad_rows = ~torch.isfinite(logits.reshape(len(logits), -1)).all(dim=1)  # (N,)
+    count = int(bad_rows.sum())
+    if count == 0:
+        return
+    first = int(bad_rows.nonzero()[0, 0])
+    message = (f"{what} produced NaN or infinite logits for {count} of {len(logits)} samples (first: sample {first}); "
+               "no metric is reported over them")
+    if inputs is not None and inputs.is_floating_point():
+        bad_inputs = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)[bad_rows.to(inputs.device)]
+        if bool(bad_inputs.any()):
+            message += f". {int(bad_inputs.sum())} of those samples have NaN or infinite inputs: check the data"
+        else:
+            message += (". Their inputs are finite, so the model itself overflows or holds damaged weights: "
+                        "check the model file (re-train or re-export it)")
+    raise NonFiniteError(message)
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for ``inputs`` (N, ...) -> (N, K), float32."""
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512, *, what: str | None = None) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for ``inputs`` (N, ...) -> (N, K), float32.
+
+    Raises :class:`NonFiniteError` (a ``ValueError``) when any logit is NaN or infinite, naming
+    ``what`` (default: ``model <class name>``) and how many samples (:func:`check_finite_logits`);
+    ``ValueError`` for an empty ``inputs``.
+    """
+    if len(inputs) == 0:
+        raise ValueError(f"{what or f'model {type(model).__name__}'}: no samples to predict on (inputs of shape "
+                         f"{tuple(inputs.shape)})")
     was_training = model.training
     model.eval()
     try:
         chunks = [model(inputs[i : i + batch_size]).float() for i in range(0, len(inputs), batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(chunks)
+    logits = torch.cat(chunks)
+    check_finite_logits(logits, what=what or f"model {type(model).__name__}", inputs=inputs)
+    return logits
+
+
+def check_model_fits(spec: dict[str, Any], input_shape, num_classes: int, *, model_name: str, data_name: str) -> None:
+    """Raise ``ValueError`` unless a model file's ``spec`` matches the data it is evaluated on.
+
+    ``spec`` is the file's rebuild spec (:func:`distill.artifacts.read_spec`: ``input_shape``
+    [C, H, W] and ``num_classes`` K); ``input_shape`` and ``num_classes`` are the data's. The
+    message names both, e.g. ``model file student.safetensors was made for inputs (1, 8, 8) and
+    10 classes, but data 'mnist' has inputs (1, 28, 28) and 10 classes``.
+    """
+    made_for = tuple(spec.get("input_shape") or ()), spec.get("num_classes")
+    data = tuple(input_shape), num_classes
+    if made_for[0] == data[0] and made_for[1] == data[1]:
+        return
+    raise ValueError(f"model file {model_name} was made for inputs {made_for[0]} and {made_for[1]} classes, but data "
+                     f"{data_name!r} has inputs {data[0]} and {data[1]} classes; evaluate it on the data it was "
+                     "trained on (--data, and --root for its files)")
 
 
 def expected_calibration_error(logits: torch.Tensor, target: torch.Tensor, num_bins: int = 15) -> float:
@@ -113,8 +170,13 @@ def evaluate(
         teacher_logits: (N, K) teacher outputs on the same inputs, for ``agreement``
             (top-1 agreement) and ``kl_to_teacher`` (mean KL(p_teacher || p_model), T=1, nats).
         file: the model's weight file, whose size on disk is reported as ``file_bytes``.
+
+    Raises :class:`NonFiniteError` (a ``ValueError``) when the model's logits, or the given
+    ``teacher_logits``, hold a NaN or an infinity, naming the model (its file, when given).
     """
-    logits = predict(model, inputs, batch_size)
+    logits = predict(model, inputs, batch_size, what=f"model file {file}" if file is not None else None)
+    if teacher_logits is not None:
+        check_finite_logits(teacher_logits, what="the teacher", inputs=inputs)
     metrics: dict[str, Any] = {
         "accuracy": float((logits.argmax(-1) == target).float().mean()),
         "ece": expected_calibration_error(logits, target),

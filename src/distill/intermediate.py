@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.losses import FEATURE_LOSS_NEEDS, FEATURE_LOSSES
+from distill.distiller import check_term
+from distill.losses import FEATURE_LOSS_NEEDS, FEATURE_LOSSES, check_feature_loss_params
 from distill.projectors import build_embedding_head, build_logit_head, build_projector
 from distill.taps import Taps, probe, resolve_path
 
@@ -63,7 +64,11 @@ def auto_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[str, str]]:
 
 @dataclass
 class FeatureTerm:
-    """``weight * mean over pairs of loss(student feature, teacher feature, target, **params)``."""
+    """``weight * mean over pairs of loss(student feature, teacher feature, target, **params)``.
+
+    ``params`` must be keywords the loss takes (:func:`distill.losses.check_feature_loss_params`),
+    checked when the term is made: a typo is a ``ValueError`` naming the closest valid one.
+    """
 
     loss: str
     weight: float = 1.0
@@ -78,6 +83,8 @@ class FeatureTerm:
             raise ValueError(f"unknown feature loss {self.loss!r}; valid: {', '.join(sorted(FEATURE_LOSSES))}")
         self.fn = FEATURE_LOSSES[self.loss]
         self.needs = FEATURE_LOSS_NEEDS[self.loss]
+        check_feature_loss_params(self.loss, self.params, fn=self.fn)
+        check_term(f"feature loss {self.loss!r}", self.weight, self.params)
 
 
 class StudentWithHeads(nn.Module):

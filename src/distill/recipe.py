@@ -218,6 +218,13 @@ class LossSpec(_Strict):
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @model_validator(mode="after")
+    def _known_params(self) -> "LossSpec":
+        from distill.losses import check_loss_params
+
+        check_loss_params(self.name, self.params)
+        return self
+
 
 class FeatureSpec(_Strict):
     """One intermediate-layer term: ``weight * mean over pairs of loss(student feature, teacher feature)``.
@@ -241,6 +248,13 @@ class FeatureSpec(_Strict):
         from distill.losses import FEATURE_LOSSES
 
         return _known_name(name, FEATURE_LOSSES, "feature loss", "feature losses")
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "FeatureSpec":
+        from distill.losses import check_feature_loss_params
+
+        check_feature_loss_params(self.loss, self.params)
+        return self
 
 
 class SelfDistillSpec(_Strict):

@@ -26,6 +26,11 @@ LOCK_FILE = ".distill.lock"
 LOCK_INFO = ".distill.lock.json"
 
 
+class NonFiniteError(ValueError):
+    """A NaN or infinity where a number must be finite (a model's outputs, a training loss); the
+    message names where, and what to check."""
+
+
 class FolderError(ValueError):
     """A folder distill may not delete, write or lock; the message names it and says why."""
 

@@ -1,11 +1,15 @@
-"""Reference models: shapes, golden parameter counts, errors, user builders, dropout, gradients."""
+"""Reference models: shapes, golden parameter counts, errors (non-positive sizes named), user builders,
+dropout, gradients."""
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from distill.models import MODELS, build_model, count_parameters, describe, model_bytes
+from distill.models.unet import TimeMLP, TinyUNet, build_denoiser_net
 from distill.registry import UnknownNameError
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -164,3 +168,78 @@ def test_describe_and_bytes():
     assert model_bytes(model) == 4 * count_parameters(model) + buffers
     assert model_bytes(model.half()) == 2 * count_parameters(model) + buffers - sum(
         b.numel() * 2 for b in model.buffers() if b.is_floating_point())
+
+
+@pytest.mark.parametrize("name,params,expected", [
+    ("mlp", dict(hidden=[0]), "hidden[0] is 0; every hidden width must be an integer >= 1"),
+    ("mlp", dict(hidden=[16, -4]), "hidden[1] is -4;"),
+    ("mlp", dict(hidden=1.5), "hidden must be a list of sizes"),
+    ("mlp", dict(hidden=[2.5]), "hidden[0] is 2.5;"),
+    ("cnn", dict(channels=[8, 0]), "channels[1] is 0; every stage's channel count must be an integer >= 1"),
+    ("cnn", dict(hidden=0), "hidden is 0; give the hidden FC width as an integer >= 1, or null"),
+    ("cnn", dict(hidden=-8), "hidden is -8;"),
+    ("resnet", dict(depth=8, width=0), "width is 0; it multiplies the (16, 32, 64) channels and must be a finite"),
+    ("resnet", dict(depth=8, width=-0.5), "width is -0.5;"),
+    ("resnet", dict(depth=-4), "depth must be 6n+2, one of 8, 14, 20, 32, 44, 56; got -4"),
+    ("vit", dict(patch_size=0), "patch_size is 0; the patch side must be an integer >= 1"),
+    ("vit", dict(dim=0, heads=1), "dim is 0; the token width must be an integer >= 1"),
+    ("vit", dict(heads=0), "heads is 0; the number of attention heads must be an integer >= 1"),
+    ("vit", dict(depth=0), "depth is 0; a ViT needs at least 1 transformer block"),
+    ("vit", dict(dim=16, heads=2, mlp_ratio=0.0), "mlp_ratio is 0.0; the MLP width int(dim * mlp_ratio) must be >= 1"),
+])
+def test_builders_refuse_non_positive_sizes_naming_the_parameter(name, params, expected):
+    # before: hidden [0] / channels 0 / width 0 built empty layers or were clamped to 1 silently,
+    # and patch_size 0 / heads 0 died in a ZeroDivisionError traceback
+    with pytest.raises(ValueError, match=f"^model '{name}': " + re.escape(expected)):
+        build_model(name, input_shape=(1, 8, 8), num_classes=10, **params)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_builders_refuse_empty_inputs_and_no_classes(name):
+    with pytest.raises(ValueError, match=re.escape("num_classes is 0; a classifier needs at least 1 class")):
+        build_model(name, input_shape=(1, 8, 8), num_classes=0, **SMALL[name])
+    with pytest.raises(ValueError, match=re.escape("input_shape[2] is 0; every input dimension must be an integer")):
+        build_model(name, input_shape=(1, 8, 0), num_classes=10, **SMALL[name])
+
+
+def test_an_empty_hidden_list_is_still_a_linear_classifier():
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[])
+    assert count_parameters(model) == linear(64, 10)
+
+
+@pytest.mark.parametrize("params,expected", [
+    (dict(hidden=0), "hidden is 0;"),
+    (dict(depth=-1), "depth is -1; the network needs at least 1 residual block"),
+    (dict(time_dim=15), "time_dim is 15; the time embedding width must be even"),
+    (dict(time_dim=0), "time_dim is 0;"),
+    (dict(input_shape=(0,)), "input_shape[0] is 0;"),
+])
+def test_time_mlp_refuses_bad_sizes(params, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        TimeMLP(**params)
+
+
+@pytest.mark.parametrize("params,expected", [
+    (dict(channels=(0, 16)), "channels[0] is 0; every channel width must be an integer >= 1"),
+    (dict(channels=(8, -16)), "channels[1] is -16;"),
+    (dict(channels=(4, 12)), "a GroupNorm over c1 = 12 channels cannot split them into 8 groups"),
+    (dict(channels=(4, 8)), "a GroupNorm over c1 + c0 = 12 channels"),
+    (dict(time_dim=9), "time_dim is 9;"),
+])
+def test_tiny_unet_refuses_bad_sizes(params, expected):
+    # before: (4, 12) and (4, 8) failed inside torch's GroupNorm, naming no parameter; an odd
+    # time_dim built and then failed at the first forward with a shape mismatch
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        TinyUNet(**params)
+
+
+def test_tiny_unet_widths_that_fit_its_group_norms_build_and_run():
+    for channels in [(4, 4), (8, 16), (16, 32)]:
+        net = TinyUNet((1, 8, 8), channels=channels, time_dim=8)
+        assert net(torch.randn(2, 1, 8, 8), torch.zeros(2)).shape == (2, 1, 8, 8)
+
+
+def test_denoiser_net_parameter_typo_is_named():
+    with pytest.raises(ValueError, match="denoiser network 'time_mlp' has no parameter 'hiden'; valid parameters: "
+                                         "input_shape, hidden, depth, time_dim"):
+        build_denoiser_net("time_mlp", hiden=8)

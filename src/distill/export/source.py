@@ -18,7 +18,8 @@ import torch
 import yaml
 from torch import nn
 
-from distill.artifacts import ArtifactError, load_model
+from distill.artifacts import METADATA_KEY, ArtifactError, UntrustedCodeError, load_model, nonfinite_tensors
+from distill.artifacts import refuse_code_named_by_file
 from distill.models.utils import set_module
 
 
@@ -154,9 +155,42 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     return path, run_dir
 
 
-def load_student(path: str | Path, *, data: str | None = None, root: str | Path | None = None) -> Student:
+def read_run_recipe(run_dir: Path) -> dict[str, Any]:
+    """The ``recipe.yaml`` of a run folder as a mapping; ExportError naming it when it is not one.
+
+    Only what an export reads is checked: the top level is a mapping, ``data`` (if present) a
+    mapping, and ``data.name`` / ``data.root`` / ``teacher.checkpoint`` strings.
+    """
+    path = Path(run_dir) / "recipe.yaml"
+    fix = ("restore the recipe.yaml that `distill run` wrote there (or copy the model file out of the run folder and "
+           "pass --data, and --root, for its held-out data)")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ExportError(f"{path} is not readable YAML ({' '.join(str(exc).split())}); {fix}") from None
+    recipe = {} if recipe is None else recipe
+    if not isinstance(recipe, dict):
+        raise ExportError(f"{path} holds a {type(recipe).__name__}, not a recipe mapping; {fix}")
+    for section, keys in (("data", ("name", "root")), ("teacher", ("checkpoint",))):
+        value = recipe.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ExportError(f"{path}: '{section}' is {value!r}, not a mapping; {fix}")
+        for key in keys:
+            if value.get(key) is not None and not isinstance(value[key], str):
+                raise ExportError(f"{path}: '{section}.{key}' is {value[key]!r}, not a string; {fix}")
+    return recipe
+
+
+def load_student(path: str | Path, *, data: str | None = None, root: str | Path | None = None,
+                 trust_code: bool = False) -> Student:
     """Load the student at ``path`` (run folder or model file) with the data named by ``data``
-    (else the run folder's recipe). Raises :class:`ExportError` for anything else."""
+    (else the run folder's recipe). Raises :class:`ExportError` for anything else: a missing,
+    truncated or foreign file, a spec that does not build, NaN or inf weights, a recipe.yaml
+    that is not a mapping; each message names the file and what would work. The model file and the
+    run folder's recipe may name only registered architectures and data sets unless ``trust_code``
+    (a ``package.module:callable`` there would be imported and run)."""
     from distill.quant.modules import _QuantMixin
 
     model_file, run_dir = resolve_checkpoint(path)
@@ -166,21 +200,34 @@ def load_student(path: str | Path, *, data: str | None = None, root: str | Path 
         run = model_file.parent.parent.parent
         raise _not_a_student(model_file, f"it is a training checkpoint (resume state); export the finished run {run}")
     try:
-        model, spec = load_model(model_file)
+        model, spec = load_model(model_file, trust_code=trust_code)
+    except UntrustedCodeError:
+        raise
     except ArtifactError as exc:
         reason = str(exc)
-        if "metadata" in reason:
-            reason = "it carries no 'distill' metadata (the spec that rebuilds the model), so `distill run` did not write it"
+        if f"has no '{METADATA_KEY}' metadata" in reason:
+            reason = (f"it carries no '{METADATA_KEY}' metadata (the spec that rebuilds the model), so `distill run` "
+                      "did not write it")
+        elif reason.startswith(f"{model_file}: "):  # the reason names the file again: drop it
+            reason = reason[len(f"{model_file}: "):]
+        elif reason.startswith(f"{model_file} "):
+            reason = "it " + reason[len(f"{model_file} "):]
         raise _not_a_student(model_file, reason) from exc
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise ExportError(f"{model_file}: {len(bad)} weight tensor(s) hold NaN or inf values ({', '.join(bad[:5])}), "
+                          "so every variant would compute NaN; export a finite checkpoint (re-train, or an earlier one)")
     if any(isinstance(m, _QuantMixin) for m in model.modules()):  # fake-quantized: its packed integer form
         from distill.quant import convert
 
         model = convert(model).eval()
-    recipe: dict[str, Any] = {}
-    if run_dir is not None:
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    recipe = read_run_recipe(run_dir) if run_dir is not None else {}
     recipe_data = recipe.get("data") or {}
     data_name = data or recipe_data.get("name")
+    if data is None and data_name is not None:  # read from a file: a registered data set only, unless trusted
+        from distill.data import DATASETS
+
+        refuse_code_named_by_file(data_name, DATASETS, f"{run_dir / 'recipe.yaml'} (data.name)", trust_code=trust_code)
     if data_name is None:
         raise ExportError(f"{model_file}: no recipe.yaml beside it names the held-out data; pass --data "
                           "(digits, mnist, fashion_mnist, cifar10) and --root for the files")

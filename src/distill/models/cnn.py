@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from distill.models import MODELS
+from distill.models.utils import check_io, check_size, check_sizes
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -18,7 +19,8 @@ class CNN(nn.Module):
     (B, C, H, W) -> stage i: (B, channels[i], H/2^(i+1), W/2^(i+1)) -> GAP (B, channels[-1])
     -> optional ``hidden`` FC + ReLU (B, hidden) -> (B, num_classes).
     A stage pools only while its spatial size is >= 2, so 8x8 digits never drop below 1x1.
-    ``dropout`` is applied before the hidden FC and before the head.
+    ``dropout`` is applied before the hidden FC and before the head. Every width in ``channels``
+    and ``hidden`` (when given) must be >= 1.
     Module paths: ``stages.{i}``, ``fc`` (when ``hidden``), ``head``.
     """
 
@@ -27,8 +29,12 @@ class CNN(nn.Module):
         super().__init__()
         self.config = dict(input_shape=input_shape, num_classes=num_classes, channels=channels,
                            convs_per_stage=convs_per_stage, hidden=hidden, dropout=dropout)
+        check_io(input_shape, num_classes)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+        channels = check_sizes("channels", channels, "every stage's channel count must be an integer >= 1")
+        if hidden is not None:
+            check_size("hidden", hidden, "give the hidden FC width as an integer >= 1, or null for no hidden FC")
         if convs_per_stage not in (1, 2):
             raise ValueError(f"convs_per_stage must be 1 or 2, got {convs_per_stage}")
         c_in, size = input_shape[0], min(input_shape[1:])
@@ -42,8 +48,8 @@ class CNN(nn.Module):
             c_in = c_out
         self.stages = nn.ModuleList(stages)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden else None
-        self.head = nn.Linear(hidden or c_in, num_classes)
+        self.fc = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden is not None else None
+        self.head = nn.Linear(c_in if hidden is None else hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from distill.models import MODELS
+from distill.models.utils import check_io, check_sizes
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -26,6 +27,8 @@ class MLP(nn.Module):
     the MNIST teacher is 784-1200-1200-10 with input dropout 0.2 and hidden dropout 0.5
     (``MLP((1, 28, 28), 10, hidden=(1200, 1200), dropout=0.5, input_dropout=0.2)``); the
     student 784-800-800-10. Module paths: ``layers.{i}`` (post-dropout hidden), ``head``.
+    ``hidden`` is a list of widths >= 1 (an empty list: a linear classifier); other sizes raise
+    ``ValueError`` naming the parameter.
     """
 
     def __init__(self, input_shape, num_classes, *, hidden=(1200, 1200), activation="relu",
@@ -33,6 +36,8 @@ class MLP(nn.Module):
         super().__init__()
         self.config = dict(input_shape=input_shape, num_classes=num_classes, hidden=hidden,
                            activation=activation, dropout=dropout, input_dropout=input_dropout)
+        check_io(input_shape, num_classes)
+        hidden = check_sizes("hidden", hidden, "every hidden width must be an integer >= 1")
         widths = [math.prod(input_shape), *hidden]
         self.input_dropout = nn.Dropout(input_dropout)
         self.layers = nn.ModuleList(

@@ -1,11 +1,15 @@
 """CIFAR-style ResNet (He, Zhang, Ren & Sun 2016, "Deep Residual Learning", sec. 4.2)."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distill.models import MODELS
+from distill.models.utils import check_io
 
 VALID_DEPTHS = (8, 14, 20, 32, 44, 56)
 
@@ -37,12 +41,17 @@ class ResNet(nn.Module):
     -> layer3 (B, 64w, H/4, W/4) -> global average pool (B, 64w) -> head (B, num_classes).
     Shortcuts that change shape use a 1x1 conv + BN projection (the paper's CIFAR nets use
     zero-padding, option A; ResNet-20 is then 269,722 parameters, here 272,474 for 10 classes).
+    ``width`` is a multiplier > 0; each stage keeps at least 1 channel (``max(1, round(c * width))``).
     Kaiming-normal (fan_out) init for convs. Module paths: ``layer{1,2,3}.{j}``, ``head``.
     """
 
     def __init__(self, input_shape, num_classes, *, depth=20, width=1.0):
         super().__init__()
         self.config = dict(input_shape=input_shape, num_classes=num_classes, depth=depth, width=width)
+        check_io(input_shape, num_classes)
+        if isinstance(width, bool) or not isinstance(width, numbers.Real) or not 0 < width < math.inf:
+            raise ValueError(f"width is {width!r}; it multiplies the (16, 32, 64) channels and must be a finite "
+                             "number > 0, e.g. 0.5 or 1.0")
         if depth not in VALID_DEPTHS:
             raise ValueError(f"depth must be 6n+2, one of {', '.join(map(str, VALID_DEPTHS))}; got {depth}")
         if len(input_shape) != 3:

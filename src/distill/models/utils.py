@@ -1,5 +1,8 @@
-"""Model size helpers: parameter count, bytes as stored, a one-paragraph description."""
+"""Model size helpers: parameter count, bytes as stored, a one-paragraph description; size checks for builders."""
 from __future__ import annotations
+
+import numbers
+from typing import Any
 
 from torch import nn
 
@@ -30,3 +33,32 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, name, module)
+
+
+def check_size(name: str, value: Any, rule: str, *, minimum: int = 1) -> None:
+    """Raise ``ValueError("<name> is <value>; <rule>")`` unless ``value`` is an integer >= ``minimum``.
+
+    ``rule`` says what would be right (e.g. ``"every hidden width must be an integer >= 1"``);
+    booleans are not sizes. Builders call it before building, so a zero or negative size never
+    turns into an empty layer or a silent clamp.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} is {value!r}; {rule}")
+
+
+def check_sizes(name: str, values: Any, rule: str, *, minimum: int = 1) -> tuple:
+    """:func:`check_size` on each entry of the list ``values`` (reported as ``name[i]``); returns it as a tuple.
+
+    A bare number or string where a list belongs is refused with an example of the list form.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list of sizes, e.g. [{values!r}]; got {values!r}")
+    for index, value in enumerate(values):
+        check_size(f"{name}[{index}]", value, rule, minimum=minimum)
+    return tuple(values)
+
+
+def check_io(input_shape: Any, num_classes: Any) -> None:
+    """Refuse an ``input_shape`` with a size < 1 and a ``num_classes`` < 1 (the arguments every classifier takes)."""
+    check_sizes("input_shape", input_shape, "every input dimension must be an integer >= 1")
+    check_size("num_classes", num_classes, "a classifier needs at least 1 class (an integer >= 1)")

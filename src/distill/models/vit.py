@@ -1,12 +1,15 @@
 """A small Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words")."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from distill.models import MODELS
+from distill.models.utils import check_io, check_size
 
 
 class Attention(nn.Module):
@@ -62,7 +65,8 @@ class ViT(nn.Module):
     (B, C, H, W) -> patch_embed (B, D, H/p, W/p) -> tokens (B, 1 + N, D) with N = HW/p^2
     -> blocks (B, 1 + N, D) -> norm -> CLS (B, D) -> head (B, num_classes).
     Module paths: ``patch_embed``, ``blocks.{i}``, ``blocks.{i}.attn``, ``blocks.{i}.mlp``,
-    ``norm``, ``head``. H and W must be divisible by ``patch_size``.
+    ``norm``, ``head``. H and W must be divisible by ``patch_size``, ``dim`` by ``heads``; every
+    size (``patch_size``, ``dim``, ``depth``, ``heads``, the MLP width ``int(dim * mlp_ratio)``) >= 1.
     """
 
     def __init__(self, input_shape, num_classes, *, patch_size=4, dim=128, depth=4, heads=4,
@@ -70,8 +74,17 @@ class ViT(nn.Module):
         super().__init__()
         self.config = dict(input_shape=input_shape, num_classes=num_classes, patch_size=patch_size, dim=dim,
                            depth=depth, heads=heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        check_io(input_shape, num_classes)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+        check_size("patch_size", patch_size, "the patch side must be an integer >= 1 that divides the image size")
+        check_size("dim", dim, "the token width must be an integer >= 1 (a multiple of heads)")
+        check_size("depth", depth, "a ViT needs at least 1 transformer block (an integer >= 1)")
+        check_size("heads", heads, "the number of attention heads must be an integer >= 1 that divides dim")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not 0 < mlp_ratio < math.inf \
+                or int(dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio is {mlp_ratio!r}; the MLP width int(dim * mlp_ratio) must be >= 1 "
+                             f"(dim={dim}), e.g. mlp_ratio 2.0 or 4.0")
         channels, height, width = input_shape
         if height % patch_size or width % patch_size:
             raise ValueError(f"image size {height}x{width} is not divisible by patch_size={patch_size}")

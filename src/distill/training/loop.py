@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distill.distiller import Distiller
+from distill.safety import NonFiniteError
 from distill.recipe import TrainSpec
 from distill.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from distill.training.sharding import (
@@ -71,9 +72,8 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class NonFiniteError(RuntimeError):
-    """Training met a NaN / inf loss (beyond ``train.skip_nonfinite``): the run stops, its last good
-    checkpoint is kept, and no model file is written."""
+# NonFiniteError: training met a NaN / inf loss (beyond ``train.skip_nonfinite``): the run stops, its
+# last good checkpoint is kept, and no model file is written.
 
 
 def _nonfinite_causes(distiller: Distiller, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> str:
