@@ -156,6 +156,8 @@ CASES: dict[str, Case] = {
     "eval on data of another shape": lambda t: (["eval", str(model_file(t, input_shape=(1, 28, 28))), "--data", "digits"],
                                                 ["(1, 28, 28)", "(1, 8, 8)"]),
     "spec that does not fit its weights": lambda t: (["eval", mismatched_file(t)], ["mismatch.safetensors", "does not fit"]),
+    "truncated diffusion model": lambda t: (["diffusion", "sample", write(t / "dm.safetensors", b"\x10\x00\x00\x00{")],
+                                            ["dm.safetensors"]),
     "demo into a foreign folder": lambda t: (["demo", "--out", folder_with(t / "docs", "thesis.tex"), "--cache-dir",
                                               str(t / "c"), "--no-progress"], ["thesis.tex", "refusing to delete"]),
 }

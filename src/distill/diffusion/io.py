@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, safe_open
 from torch import nn
 
-from distill.artifacts import save_model
+from distill.artifacts import load_state, read_metadata, save_model
 from distill.diffusion.consistency import ConsistencyModel
 from distill.diffusion.denoiser import Denoiser
 from distill.diffusion.loop import frozen
@@ -46,19 +45,21 @@ def read_spec(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no diffusion model file at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = read_metadata(path, what="diffusion model file")  # a clear error for a truncated or foreign file
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path} is not a distill diffusion model file (no {METADATA_KEY!r} metadata; "
                          f"write one with distill.diffusion.io.save_diffusion_model)")
-    return json.loads(metadata[METADATA_KEY])
+    try:
+        return json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: its {METADATA_KEY!r} metadata is not valid JSON ({exc}); the file is damaged") from None
 
 
 def load_diffusion_model(path: str | Path) -> tuple[Denoiser | ConsistencyModel, dict]:
     """(frozen model, spec) from a file written by :func:`save_diffusion_model`."""
     spec = read_spec(path)
     net = build_denoiser_net(spec["net"]["name"], **spec["net"]["params"])
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(load_state(path, what="diffusion model file"))  # checks the digest save_model wrote
     options = dict(spec["denoiser"])
     denoiser = Denoiser(net, build_schedule(options.pop("schedule")), **options)
     model = ConsistencyModel(denoiser, **spec["consistency"]) if spec["kind"] == "consistency" else denoiser
