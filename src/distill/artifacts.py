@@ -159,7 +159,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; the file is damaged "
                             "or was not written by distill.save_model")
-    if not isinstance(spec.get("params", {}), dict) or not isinstance(spec["input_shape"], list):
+    if not isinstance(spec.get("params", {}), dict) or not isinstance(spec["input_shape"], (list, type(None))):
         raise ArtifactError(f"{path}: its '{METADATA_KEY}' metadata has 'params' that is not a mapping or "
                             "'input_shape' that is not a list; the file is damaged")
     return spec

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distill.core.io import Inputs, forward_logits
 from distill.losses import LOGIT_LOSSES, LOSS_NEEDS, check_loss_params
 from distill.registry import Registry
 
@@ -38,6 +39,7 @@ class LossTerm:
     weight: float = 1.0
     temperature: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # the term's name in metrics (default: ``name``): the same loss twice needs two
 
     def __post_init__(self) -> None:
         self.fn: Callable = LOSSES.get(self.name)
@@ -50,7 +52,7 @@ class LossTerm:
 
     @property
     def key(self) -> str:
-        return self.name
+        return self.label or self.name
 
 
 def check_term(what: str, weight: Any, params: dict[str, Any]) -> None:
@@ -64,10 +66,11 @@ def check_term(what: str, weight: Any, params: dict[str, Any]) -> None:
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
-    """Eval mode and no gradients, in place; returns the teacher."""
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
+    """Eval mode and no gradients, in place; returns the teacher (TorchScript and torch.export modules
+    too: :func:`distill.core.teacher.freeze`)."""
+    from distill.core.teacher import freeze
+
+    return freeze(teacher)
 
 
 class Distiller:
@@ -112,16 +115,18 @@ class Distiller:
             raise ValueError(f"loss terms {needy} need a teacher, but none was given")
         keys = [term.key for term in terms]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"each loss may appear once; got {keys}")
+            twice = sorted({key for key in keys if keys.count(key) > 1})
+            raise ValueError(f"losses {twice} appear more than once under the same name; give each its own "
+                             f"'label' (e.g. {{name: {twice[0]}, label: {twice[0]}_t1, ...}}) so their metrics differ")
         self.needs_teacher = bool(needy) or features is not None
 
-    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Teacher forward in inference mode: (B, ...) -> (B, K), no autograd history."""
+    def teacher_logits(self, inputs: Inputs) -> torch.Tensor:
+        """Teacher forward in inference mode: (B, ...) or a mapping of tensors -> (B, K), no autograd history."""
         assert self.teacher is not None
         if self.teacher.training:  # someone called .train() on it: refuse to train with dropout on
-            self.teacher.eval()
+            freeze_teacher(self.teacher)
         with torch.inference_mode():
-            logits = self.teacher(inputs)
+            logits = forward_logits(self.teacher, inputs, who=f"the teacher ({type(self.teacher).__name__})")
         return logits.clone()  # a normal tensor, usable next to autograd tensors
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,7 +142,13 @@ class Distiller:
         if self.features is not None:  # the teacher's taps fired during its forward above
             student_logits = self.student(inputs, self.features.teacher_features())
         else:
-            student_logits = self.student(inputs)
+            student_logits = forward_logits(self.student, inputs, who="the student")
+        if isinstance(teacher_logits, torch.Tensor) and teacher_logits.shape[-1] != student_logits.shape[-1]:
+            raise ValueError(
+                f"the teacher and the student disagree on the number of classes: the teacher gives "
+                f"{teacher_logits.shape[-1]} logits per sample ({tuple(teacher_logits.shape)}), the student "
+                f"{student_logits.shape[-1]} ({tuple(student_logits.shape)}); build the student with the teacher's "
+                "class count")
         out: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:

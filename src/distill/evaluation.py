@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.core.io import Inputs, batch_size_of, forward_logits, select
 from distill.models.utils import count_parameters, model_bytes
+from distill.safety import NonFiniteError  # a model produced NaN / inf outputs (re-exported here)
 
 
-from distill.safety import NonFiniteError  # noqa: E402  (re-exported: a model produced NaN / inf outputs)
-
-
-def check_finite_logits(logits: torch.Tensor, *, what: str, inputs: torch.Tensor | None = None) -> None:
+def check_finite_logits(logits: torch.Tensor, *, what: str, inputs: Inputs | None = None) -> None:
     """Raise :class:`NonFiniteError` when a row of ``logits`` (N, K) holds a NaN or an infinity.
 
     The message names ``what`` (e.g. ``"model file student.safetensors"``), how many of the N
@@ -37,7 +36,7 @@ def check_finite_logits(logits: torch.Tensor, *, what: str, inputs: torch.Tensor
     first = int(bad_rows.nonzero()[0, 0])
     message = (f"{what} produced NaN or infinite logits for {count} of {len(logits)} samples (first: sample {first}); "
                "no metric is reported over them")
-    if inputs is not None and inputs.is_floating_point():
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
         bad_inputs = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)[bad_rows.to(inputs.device)]
         if bool(bad_inputs.any()):
             message += f". {int(bad_inputs.sum())} of those samples have NaN or infinite inputs: check the data"
@@ -48,20 +47,26 @@ def check_finite_logits(logits: torch.Tensor, *, what: str, inputs: torch.Tensor
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512, *, what: str | None = None) -> torch.Tensor:
+def predict(model: nn.Module, inputs: Inputs, batch_size: int = 512, *, what: str | None = None) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for ``inputs`` (N, ...) -> (N, K), float32.
+
+    ``inputs`` is a tensor or a mapping of tensors (passed as keyword arguments); the model may
+    return a tensor, a tuple or a ``ModelOutput`` (:mod:`distill.core.io`).
 
     Raises :class:`NonFiniteError` (a ``ValueError``) when any logit is NaN or infinite, naming
     ``what`` (default: ``model <class name>``) and how many samples (:func:`check_finite_logits`);
     ``ValueError`` for an empty ``inputs``.
     """
-    if len(inputs) == 0:
-        raise ValueError(f"{what or f'model {type(model).__name__}'}: no samples to predict on (inputs of shape "
-                         f"{tuple(inputs.shape)})")
+    count = batch_size_of(inputs)
+    if count == 0:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else {k: tuple(v.shape) for k, v in inputs.items()}
+        raise ValueError(f"{what or f'model {type(model).__name__}'}: no samples to predict on (inputs of shape {shape})")
     was_training = model.training
     model.eval()
+    who = what or f"model {type(model).__name__}"
     try:
-        chunks = [model(inputs[i : i + batch_size]).float() for i in range(0, len(inputs), batch_size)]
+        chunks = [forward_logits(model, select(inputs, slice(i, i + batch_size)), who=who).float()
+                  for i in range(0, count, batch_size)]
     finally:
         model.train(was_training)
     logits = torch.cat(chunks)
@@ -134,7 +139,7 @@ def median_time_ms(call, *, repeats: int = 30, warmup: int = 5, min_seconds: flo
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
-    sample: torch.Tensor,
+    sample: Inputs,
     batch_size: int,
     *,
     repeats: int = 30,
@@ -148,14 +153,19 @@ def measure_latency(
     (more runs while their total is under ``min_seconds``).
     """
     model.eval()
-    batch = sample[:1].expand(batch_size, *sample.shape[1:]).contiguous()
-    median_ms = median_time_ms(lambda: model(batch), repeats=repeats, warmup=warmup, min_seconds=min_seconds)
+
+    def repeat(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:1].expand(batch_size, *tensor.shape[1:]).contiguous()
+
+    batch = repeat(sample) if isinstance(sample, torch.Tensor) else {k: repeat(v) for k, v in sample.items()}
+    median_ms = median_time_ms(lambda: forward_logits(model, batch), repeats=repeats, warmup=warmup,
+                               min_seconds=min_seconds)
     return {"batch_ms": median_ms, "per_sample_ms": median_ms / batch_size, "threads": torch.get_num_threads()}
 
 
 def evaluate(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     target: torch.Tensor,
     *,
     teacher_logits: torch.Tensor | None = None,
@@ -188,7 +198,7 @@ def evaluate(
     if file is not None:
         metrics["file_bytes"] = Path(file).stat().st_size
     if latency:
-        sample = inputs[:1]
+        sample = select(inputs, slice(0, 1))
         metrics["latency_b1_ms"] = measure_latency(model, sample, 1, repeats=50)["per_sample_ms"]
         metrics["latency_b64_ms"] = measure_latency(model, sample, 64, repeats=20)["per_sample_ms"]
         metrics["threads"] = torch.get_num_threads()

@@ -188,6 +188,8 @@ class DataSpec(_Strict):
     eval_batch_size: int = Field(512, ge=1)
     train_subset: Optional[int] = Field(None, ge=1, description="use this many training samples")
     augment: Optional[AugmentSpec] = None
+    params: dict[str, Any] = Field(default_factory=dict, description="the data set's own parameters "
+                                   "(e.g. image_folder: {size: 64, resize: center_crop})")
 
     @field_validator("name")
     @classmethod
@@ -202,16 +204,24 @@ class DataSpec(_Strict):
 class LossSpec(_Strict):
     """One weighted loss term. Extra parameters (``beta``, ``alpha`` ...) go to the loss."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    name: str = Field(description="a registered loss, or 'package.module:callable' (your own loss function, "
+                      "called as fn(student_logits, teacher_logits, target, temperature=..., **params))")
     weight: float = 1.0
     temperature: float = Field(1.0, gt=0)
+    label: Optional[str] = Field(None, description="the term's name in metrics (default: name); the same loss "
+                                 "twice needs two labels")
 
     @field_validator("name")
     @classmethod
     def _known_loss(cls, name: str) -> str:
         from distill.losses import LOGIT_LOSSES
 
+        if ":" in name:  # the user's own loss: imported (their code, named in their recipe)
+            from distill.distiller import LOSSES
+
+            _lookup(LOSSES, name)
+            return name
         return _known_name(name, LOGIT_LOSSES, "loss", "losses")
 
     @property
@@ -407,8 +417,14 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _losses_fit_teacher(self) -> "Recipe":
-        from distill.losses import LOSS_NEEDS
+        from distill.losses import LOSS_NEEDS as NEEDS
 
+        LOSS_NEEDS = {term.name: NEEDS.get(term.name, frozenset({"teacher"})) for term in self.losses}  # noqa: N806
+        keys = [term.label or term.name for term in self.losses]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ValueError(f"losses {twice} appear more than once under the same name; give each its own 'label' "
+                             f"(e.g. label: {twice[0]}_2) so that their metrics can be told apart")
         if not self.losses:
             raise ValueError("'losses' is empty: give at least one term, e.g. [{name: cross_entropy}]")
         teacher = self.teacher

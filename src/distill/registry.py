@@ -11,6 +11,7 @@ import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T", bound=Callable)
+PYTHON_OBJECT = "python"  # ``python:<name>`` in a recipe.yaml: an object a Python call passed in
 
 
 class UnknownNameError(KeyError):
@@ -31,6 +32,10 @@ def import_callable(path: str) -> Callable:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise UnknownNameError(f"{path!r} is not of the form 'package.module:callable'")
+    if module_name == PYTHON_OBJECT:
+        raise UnknownNameError(f"{path!r} stands for a Python object given to distill.distil(): a recipe.yaml "
+                               "written by a Python run records it, but cannot rebuild it; run that script again, "
+                               "or name a registered model / data set or 'package.module:callable'")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:

@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,7 @@ from torch import nn
 from distill.artifacts import METADATA_KEY, atomic_write, check_architecture, is_packed_file, load_into, load_model
 from distill.artifacts import quant_config_dict, read_spec, save_model
 from distill.data import build_dataset
+from distill.data.datasets import ArrayDataset
 from distill.data.augment import RandomCropFlip, RandomShift
 from distill.data.loader import InMemoryLoader
 from distill.distiller import Distiller, LossTerm
@@ -53,11 +54,16 @@ PACKED_ACCURACY_TOLERANCE = 1e-3  # packed vs fake-quantized test accuracy (the 
 
 @dataclass
 class RunResult:
+    """What a run leaves: its folder, the student's model file, the test metrics (``eval.json``),
+    the final training counters, the training time and the trained student (eval mode, on CPU;
+    None on the non-main processes of a multi-process run)."""
+
     run_dir: Path
     model_path: Path
     metrics: dict[str, Any]
     state: TrainState
     train_seconds: float
+    model: nn.Module | None = None
 
 
 def set_threads(threads: int | None) -> int:
@@ -132,8 +138,7 @@ def quantize_student(recipe: Recipe, student: nn.Module, train_set) -> nn.Module
     data = recipe.data
     count = max([config.calibration_batches] + [o.calibration_batches for o in config.overrides.values()
                                                  if o.calibration_batches is not None])
-    calibration_loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
-                                        augment=build_augment(data.augment))
+    calibration_loader = make_loader(train_set, recipe, shuffle=True, drop_last=True, augment=build_augment(data.augment))
     batches = itertools.islice(_endless_batches(calibration_loader), count)
     try:
         if recipe.quantize.method == "rtn":
@@ -186,8 +191,11 @@ def build_augment(spec: AugmentSpec | None):
 def load_data(recipe: Recipe):
     """The recipe's (train, test) ArrayDatasets, the training set cut to ``data.train_subset``."""
     data = recipe.data
-    train_set = build_dataset(data.name, "train", root=data.root)
-    test_set = build_dataset(data.name, "test", root=data.root)
+    try:
+        train_set = build_dataset(data.name, "train", root=data.root, **data.params)
+        test_set = build_dataset(data.name, "test", root=data.root, **data.params)
+    except TypeError as exc:  # a user builder's own complaint about its arguments
+        raise RecipeError(f"field 'data.params': {exc}") from None
     if data.train_subset is not None:
         train_set = train_set.subset(data.train_subset, seed=recipe.seed)
     return train_set, test_set
@@ -295,8 +303,12 @@ def run_recipe(
     progress: bool = True,
     on_step: Callable[[TrainState], None] | None = None,
     measure_latency: bool = True,
+    objects: RunObjects | None = None,
 ) -> RunResult:
-    """Train the student a recipe describes and evaluate it; see the module docstring."""
+    """Train the student a recipe describes and evaluate it; see the module docstring.
+
+    ``objects``: the student, teacher and data as Python objects (:func:`distill.distil`); the
+    recipe then supplies only the numbers (losses, optimiser, schedule, training)."""
     import time
 
     check_files(recipe)
@@ -321,7 +333,7 @@ def run_recipe(
             run_dir = prepare_run_dir(recipe, resume, overwrite, accelerator.is_main_process)
             accelerator.wait_for_everyone()
             return _train_and_report(recipe, accelerator, run_dir, threads, resume=resume, progress=progress,
-                                     on_step=on_step, measure_latency=measure_latency)
+                                     on_step=on_step, measure_latency=measure_latency, objects=objects)
         except BaseException:
             if created and accelerator.is_main_process and not holds_run(run_dir):
                 # failed before its first step: leave no folder behind that would block the rerun
@@ -332,43 +344,133 @@ def run_recipe(
             raise
 
 
-def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, threads: int, *, resume: bool,
-                      progress: bool, on_step, measure_latency: bool) -> RunResult:
-    """The body of :func:`run_recipe`, in a prepared and locked run folder."""
-    import time
+@dataclass
+class RunObjects:
+    """What a run trains, as plain objects: built from a recipe (:func:`build_objects`) or given to
+    :func:`distill.distil` from Python.
 
-    set_seed(recipe.seed)  # the same on every process: identical initial weights
-    data = recipe.data
+    ``train`` / ``test``: an ``ArrayDataset``, a ``TensorData``, a torch ``Dataset`` or ``DataLoader``,
+    a Hugging Face dataset or an ``(inputs, targets)`` pair (:func:`distill.data.sources.as_batch_source`).
+    ``student_spec``: the rebuild spec written into ``model.safetensors`` (None: the file holds the
+    weights and the class name; :func:`distill.load_model` then needs the model to load them into).
+    ``fingerprint``: what identifies the objects for ``--resume`` beyond the recipe's numbers.
+    """
+
+    student: nn.Module
+    student_spec: dict[str, Any] | None
+    teacher: nn.Module | None
+    train: Any
+    test: Any | None
+    num_classes: int | None = None
+    fingerprint: str = ""
+    descriptions: dict[str, str] = field(default_factory=dict)
+    quantized: bool = False  # the recipe's ``quantize`` is applied already
+
+
+def build_objects(recipe: Recipe, accelerator: Accelerator) -> RunObjects:
+    """The recipe's data, student and teacher (seeded by the caller: the student's initial weights
+    are drawn here)."""
     train_set, test_set = load_data(recipe)
     shape, classes = tuple(train_set.input_shape), train_set.num_classes
-
     if recipe.student.checkpoint is not None and is_packed_file(recipe.student.checkpoint):
         raise RecipeError(f"field 'student.checkpoint': {recipe.student.checkpoint} is a packed quantized model, which "
                           "cannot be trained; give the run's model.safetensors (fake-quantized) or a float model")
     student, student_spec = build_from_spec(recipe.student, shape, classes, "student")
+    if recipe.quantize is not None and is_quantized(student):
+        raise RecipeError(
+            f"field 'student.checkpoint': {recipe.student.checkpoint} is already quantized, but 'quantize' starts "
+            "from a float model: give the float checkpoint, or remove 'quantize' to train this model as it is"
+        )
+    if recipe.quantize is not None:  # before the teacher is built, as the random stream has always run
+        quantize_student(recipe, student, train_set)
+        student_spec = {**student_spec, "quantize": quant_config_dict(recipe.quantize.config())}
+    teacher = build_teacher(recipe, shape, classes)
+    return RunObjects(student, student_spec, teacher, train_set, test_set, classes, quantized=True)
+
+
+def _data_tensors(data: Any, batch_size: int) -> tuple[Any, torch.Tensor | None]:
+    """(inputs, targets) of a whole (held-out) data set in memory, in order: a tensor or a mapping of
+    tensors (N, ...), and (N,) int64 targets (None without labels)."""
+    if hasattr(data, "inputs") and hasattr(data, "targets"):  # ArrayDataset, TensorData
+        return data.inputs, data.targets
+    from distill.core.io import concat
+    from distill.data.sources import eval_batches
+
+    batches = list(eval_batches(data, batch_size))
+    if not batches:
+        raise ValueError("the evaluation data holds no sample")
+    try:
+        inputs = concat([batch["input"] for batch in batches])
+    except RuntimeError as exc:
+        raise ValueError(f"the evaluation batches cannot be stacked into one set ({exc}); pad every sample to one "
+                         "length (e.g. a tokenizer's padding='max_length')") from None
+    targets = torch.cat([batch["target"] for batch in batches]) if "target" in batches[0] else None
+    return inputs, targets
+
+
+def _first_inputs(data: Any, count: int) -> Any:
+    """The first ``count`` inputs of ``data`` (a probe batch for taps and heads)."""
+    from distill.core.io import batch_size_of, select
+
+    if hasattr(data, "inputs"):
+        return select(data.inputs, slice(0, min(count, batch_size_of(data.inputs))))
+    from distill.data.sources import eval_batches
+
+    return next(iter(eval_batches(data, count)))["input"]
+
+
+def make_loader(data: Any, recipe: Recipe, *, shuffle: bool, drop_last: bool, rank: int = 0, world_size: int = 1,
+                augment=None):
+    """Training batches of ``data`` (in-memory sets: :class:`InMemoryLoader`; anything else through
+    :func:`distill.data.sources.as_batch_source`)."""
+    if isinstance(data, ArrayDataset):
+        return InMemoryLoader(data, recipe.data.batch_size, shuffle=shuffle, drop_last=drop_last, seed=recipe.seed,
+                              augment=augment, rank=rank, world_size=world_size)
+    from distill.data.sources import as_batch_source
+
+    return as_batch_source(data, batch_size=recipe.data.batch_size, shuffle=shuffle, drop_last=drop_last,
+                           seed=recipe.seed, rank=rank, world_size=world_size, augment=augment)
+
+
+def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, threads: int, *, resume: bool,
+                      progress: bool, on_step, measure_latency: bool, objects: RunObjects | None = None) -> RunResult:
+    """The body of :func:`run_recipe` (and of :func:`distill.distil`), in a prepared and locked run folder."""
+    import time
+
+    from distill.core.io import to_device
+
+    set_seed(recipe.seed)  # the same on every process: identical initial weights
+    data = recipe.data
+    if objects is None:
+        objects = build_objects(recipe, accelerator)
+    student, student_spec, teacher = objects.student, objects.student_spec, objects.teacher
+    train_set, test_set, classes = objects.train, objects.test, objects.num_classes
     quantize = recipe.quantize
     rtn = quantize is not None and quantize.method == "rtn"
-    if quantize is not None:
+    if quantize is not None and not objects.quantized:
         if is_quantized(student):
-            raise RecipeError(
-                f"field 'student.checkpoint': {recipe.student.checkpoint} is already quantized, but 'quantize' starts "
-                "from a float model: give the float checkpoint, or remove 'quantize' to train this model as it is"
-            )
+            raise RecipeError("quantize: the student is already quantized; give a float model")
         quantize_student(recipe, student, train_set)
-        student_spec = {**student_spec, "quantize": quant_config_dict(quantize.config())}
-    teacher = build_teacher(recipe, shape, classes)
+        if student_spec is not None:
+            student_spec = {**student_spec, "quantize": quant_config_dict(quantize.config())}
     if teacher is not None:
         teacher.to(accelerator.device)
-    terms = [LossTerm(t.name, t.weight, t.temperature, t.params) for t in recipe.losses]
-    test_inputs, test_target = test_set.inputs, test_set.targets
+    terms = [LossTerm(t.name, t.weight, t.temperature, t.params, label=t.label) for t in recipe.losses]
+    test_inputs, test_target = _data_tensors(test_set, data.eval_batch_size) if test_set is not None else (None, None)
     teacher_test_logits = None
-    if teacher is not None and accelerator.is_main_process:  # for agreement / KL in evaluations
-        teacher_test_logits = predict(teacher, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
+    if teacher is not None and test_inputs is not None and accelerator.is_main_process:  # for agreement / KL
+        teacher_test_logits = predict(teacher, to_device(test_inputs, accelerator.device), data.eval_batch_size,
+                                      what="the teacher").cpu()
     teacher_outputs = None
     if teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
         if recipe.teacher.precompute:
-            teacher_outputs = predict(teacher, train_set.inputs.to(accelerator.device), data.eval_batch_size)
+            train_inputs, _ = _data_tensors(train_set, data.eval_batch_size)
+            teacher_outputs = predict(teacher, to_device(train_inputs, accelerator.device), data.eval_batch_size,
+                                      what="the teacher")
         elif recipe.teacher.cache is not None:
+            if not isinstance(train_set, ArrayDataset):
+                raise RecipeError("field 'teacher.cache': the teacher-output cache stores one output per sample of an "
+                                  f"in-memory data set; {type(train_set).__name__} is not one (use precompute)")
             if accelerator.is_main_process:  # builds it when missing; refuses one that does not match
                 teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=progress)
             accelerator.wait_for_everyone()
@@ -380,7 +482,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
     if recipe.features:  # the student trains inside a wrapper that also holds the feature heads
         from distill.intermediate import FeatureDistillation, FeatureTerm
 
-        sample = train_set.inputs[: min(16, len(train_set))].to(accelerator.device)
+        sample = to_device(_first_inputs(train_set, 16), accelerator.device)
         try:
             features = FeatureDistillation(
                 student, teacher, [FeatureTerm(**spec.model_dump()) for spec in recipe.features], sample, classes)
@@ -391,7 +493,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         from distill.self_distill import SelfDistillation
 
         spec = recipe.self_distill
-        sample = train_set.inputs[: min(16, len(train_set))].to(accelerator.device)
+        sample = to_device(_first_inputs(train_set, 16), accelerator.device)
         try:
             self_distill = SelfDistillation(student, spec.layers, sample, classes, weight=spec.weight,
                                             temperature=spec.temperature, label_weight=spec.label_weight, hidden=spec.hidden)
@@ -404,11 +506,13 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
 
     try:
-        loader = InMemoryLoader(train_set, data.batch_size, shuffle=True, drop_last=True, seed=recipe.seed,
-                                augment=build_augment(data.augment), rank=accelerator.process_index,
-                                world_size=accelerator.num_processes)
+        loader = make_loader(train_set, recipe, shuffle=True, drop_last=True, augment=build_augment(data.augment),
+                             rank=accelerator.process_index, world_size=accelerator.num_processes)
     except ValueError as exc:
         raise RecipeError(f"field 'data.batch_size': {exc}") from None
+    if teacher_outputs is not None and not getattr(loader, "has_index", True):
+        raise RecipeError("field 'teacher.precompute': stored teacher outputs are looked up by sample id, but "
+                          f"{type(train_set).__name__} batches carry none; give a Dataset instead of a DataLoader")
     fsdp = recipe.train.strategy == "fsdp" and accelerator.num_processes > 1  # one process: nothing to shard
     if recipe.train.steps is not None:
         total_steps = recipe.train.steps
@@ -419,11 +523,17 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         length = (f"train.steps {recipe.train.steps}" if recipe.train.steps is not None else
                   f"train.epochs {recipe.train.epochs} x {len(loader)} batches / train.grad_accum "
                   f"{recipe.train.grad_accum} = {total_steps} optimiser steps")
+        samples = getattr(loader, "num_samples", None) or (len(train_set) if hasattr(train_set, "__len__") else "?")
         raise RecipeError(
-            f"this run would do no optimiser step: {len(train_set)} training samples / (data.batch_size "
+            f"this run would do no optimiser step: {samples} training samples / (data.batch_size "
             f"{data.batch_size}{processes}), incomplete batches dropped = {len(loader)} batches per epoch; {length}. "
             "Lower data.batch_size or train.grad_accum, raise train.epochs, or give more training data"
         )
+    plain_copy: list[nn.Module] = []  # fsdp: the one unsharded student the gathered weights go into
+    if fsdp:
+        import copy
+
+        plain_copy.append(copy.deepcopy(student))  # before sharding: a plain module of the same architecture
     if rtn:  # post-training rounding: no optimiser, no loop
         student.to(accelerator.device)
     else:  # the quantizers' steps and zero points are kept out of weight decay
@@ -440,8 +550,6 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             student, optimizer = accelerator.prepare(trainable, optimizer)
     distiller.student = student
 
-    plain_copy: list[nn.Module] = []  # fsdp: the one unsharded student the gathered weights go into
-
     def current_model() -> nn.Module | None:
         """The trained model to evaluate; under fsdp its full weights gathered (a collective) into a
         plain copy of the bare student on the main process (None on the others)."""
@@ -450,22 +558,28 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         full = full_model_state(student)
         if not accelerator.is_main_process:
             return None
-        if not plain_copy:
-            plain_copy.append(build_from_spec(recipe.student, shape, classes, "student")[0].to(accelerator.device))
+        plain_copy[0].to(accelerator.device)
         prefix = "student." if wrapper is not None else ""
         plain_copy[0].load_state_dict({key[len(prefix):]: value for key, value in full.items() if key.startswith(prefix)})
         return plain_copy[0]
 
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
         model = current_model()
-        if not accelerator.is_main_process:
+        if not accelerator.is_main_process or test_inputs is None:
             return {}
-        logits = predict(model, test_inputs.to(accelerator.device), data.eval_batch_size).cpu()
-        record = {"accuracy": float((logits.argmax(-1) == test_target).float().mean())}
+        logits = predict(model, to_device(test_inputs, accelerator.device), data.eval_batch_size).cpu()
+        record = {}
+        if test_target is not None:
+            record["accuracy"] = float((logits.argmax(-1) == test_target).float().mean())
         if teacher_test_logits is not None:
             record["agreement"] = float((logits.argmax(-1) == teacher_test_logits.argmax(-1)).float().mean())
         return record
 
+    fingerprint = recipe.fingerprint(training_only=True)
+    if objects.fingerprint:  # objects given from Python: their identity too
+        import hashlib
+
+        fingerprint = hashlib.sha256(f"{fingerprint}|{objects.fingerprint}".encode()).hexdigest()[:12]
     started = time.perf_counter()
     if rtn:
         state, train_seconds = TrainState(), 0.0
@@ -476,8 +590,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             state = train(
                 distiller, loader, optimizer, scheduler, recipe.train,
                 accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
-                fingerprint=recipe.fingerprint(training_only=True), evaluate_epoch=evaluate_epoch, on_step=on_step,
-                progress=progress,
+                fingerprint=fingerprint, evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
             )
         finally:
             if wrapper is not None:  # never leave hooks on the user's models, even when interrupted
@@ -485,9 +598,10 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         train_seconds = time.perf_counter() - started
 
     exit_accuracy = None
-    if self_distill is not None and (accelerator.is_main_process or fsdp):  # a sharded forward is collective
-        exit_accuracy = self_distill.exit_accuracy(test_inputs.to(accelerator.device), test_target.to(accelerator.device),
-                                                   data.eval_batch_size)
+    if self_distill is not None and test_target is not None and (accelerator.is_main_process or fsdp):
+        # a sharded forward is collective
+        exit_accuracy = self_distill.exit_accuracy(to_device(test_inputs, accelerator.device),
+                                                   test_target.to(accelerator.device), data.eval_batch_size)
         self_distill.remove()
     model = current_model()
     if model is not None:
@@ -497,12 +611,14 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
     model_path = run_dir / MODEL_FILE
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
-        save_model(model, model_path, student_spec)
-        metrics = evaluate(
-            model.cpu(), test_inputs, test_target, teacher_logits=teacher_test_logits, file=model_path,
-            latency=measure_latency, batch_size=data.eval_batch_size,
-        )
-        if is_quantized(model):  # the real low-bit artifact, verified against the fake-quantized model
+        write_student(model, model_path, student_spec)
+        if test_inputs is not None and test_target is not None:
+            metrics = evaluate(
+                model.cpu(), test_inputs, test_target, teacher_logits=teacher_test_logits, file=model_path,
+                latency=measure_latency, batch_size=data.eval_batch_size,
+            )
+        if is_quantized(model) and student_spec is not None and test_target is not None:
+            # the real low-bit artifact, verified against the fake-quantized model
             metrics.update(write_packed(model, run_dir / PACKED_FILE, student_spec, test_inputs, test_target,
                                         fake_quant_accuracy=metrics["accuracy"], batch_size=data.eval_batch_size))
         if quantize is not None:
@@ -519,4 +635,15 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
 
         write_run_report(run_dir, recipe, metrics)
     accelerator.wait_for_everyone()
-    return RunResult(run_dir, model_path, metrics, state, train_seconds)
+    return RunResult(run_dir, model_path, metrics, state, train_seconds,
+                     model.cpu() if accelerator.is_main_process and model is not None else None)
+
+
+def write_student(model: nn.Module, path: Path, spec: dict[str, Any] | None) -> Path:
+    """Write the trained student: with its rebuild spec, or (a module distill cannot rebuild) its weights
+    and class name (see :func:`distill.api.save_model`)."""
+    if spec is not None:
+        return save_model(model, path, spec)
+    from distill.api import save_model as save_any
+
+    return save_any(model, path)

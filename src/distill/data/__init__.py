@@ -23,6 +23,7 @@ from .datasets import (  # noqa: E402
     read_idx,
 )
 from .loader import InMemoryLoader, derive_seed, iterate_batches  # noqa: E402
+from .image_folder import UnknownParameterError, image_folder  # noqa: E402  (registers "image_folder")
 from .cache import (  # noqa: E402
     CacheError,
     CacheFolderError,
@@ -41,6 +42,8 @@ __all__ = [
     "CacheFolderError",
     "ImageSourceError",
     "InMemoryLoader",
+    "UnknownParameterError",
+    "image_folder",
     "RandomCropFlip",
     "RandomShift",
     "TeacherCache",
@@ -52,4 +55,39 @@ __all__ = [
     "open_cache",
     "read_idx",
     "weights_fingerprint",
+]
+
+from .sources import (  # noqa: E402
+    Batch,
+    BatchSource,
+    DataFormatError,
+    DataLoaderSource,
+    MapStyleLoader,
+    TensorData,
+    TensorLoader,
+    as_batch_source,
+    describe_data,
+    eval_batches,
+    to_batch,
+    to_example,
+)
+from .text import TextFileError, WordVocab, read_text_classification, text_classification_data  # noqa: E402
+
+__all__ += [
+    "Batch",
+    "BatchSource",
+    "DataFormatError",
+    "DataLoaderSource",
+    "MapStyleLoader",
+    "TensorData",
+    "TensorLoader",
+    "TextFileError",
+    "WordVocab",
+    "as_batch_source",
+    "describe_data",
+    "eval_batches",
+    "read_text_classification",
+    "text_classification_data",
+    "to_batch",
+    "to_example",
 ]

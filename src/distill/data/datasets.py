@@ -122,9 +122,31 @@ class ArrayDataset:
 
 
 def build_dataset(name: str, split: str, root: str | Path | None = None,
-                  cache_dir: str | Path | None = None) -> ArrayDataset:
-    """The registered data set ``name`` (or ``package.module:callable``) for ``split``."""
-    return DATASETS.get(name)(split, root=root, cache_dir=cache_dir)
+                  cache_dir: str | Path | None = None, **params) -> ArrayDataset:
+    """The registered data set ``name`` (or ``package.module:callable``) for ``split``.
+
+    ``params`` (a recipe's ``data.params``, e.g. ``size`` of ``image_folder``) go to the builder; one
+    it does not take is refused naming the data set, the parameter and the valid ones."""
+    import inspect
+
+    from distill.registry import closest
+
+    builder = DATASETS.get(name)
+    if params:
+        try:
+            signature = inspect.signature(builder).parameters
+        except (TypeError, ValueError):
+            signature = {}
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.values())
+        valid = [key for key, p in signature.items() if key not in ("split", "root", "cache_dir")
+                 and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = [key for key in params if key not in valid]
+        if unknown and not takes_any:
+            hints = [f"{key!r}" + (f" (did you mean {closest(key, valid)!r}?)" if closest(key, valid) else "")
+                     for key in unknown]
+            raise ValueError(f"dataset {name!r} has no parameter {', '.join(hints)}; valid parameters: "
+                             f"{', '.join(valid) or '(none)'}")
+    return builder(split, root=root, cache_dir=cache_dir, **params)
 
 
 def default_cache_dir() -> Path:

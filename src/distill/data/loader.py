@@ -12,9 +12,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from distill.core.io import select
+
 from .datasets import ArrayDataset
 
-Batch = dict[str, Tensor]  # {"input": (B, C, H, W) float32, "target": (B,) int64, "index": (B,) int64}
+Batch = dict[str, Tensor]  # {"input": (B, ...) or {name: (B, ...)}, "target": (B,) int64, "index": (B,) int64}
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
@@ -25,7 +27,8 @@ def derive_seed(*parts: int) -> int:
 
 
 class InMemoryLoader:
-    """Batches of an ``ArrayDataset``: ``{"input", "target", "index"}`` dicts, ``len()`` per epoch.
+    """Batches of an in-memory data set (``ArrayDataset``, or :class:`distill.data.TensorData`: any
+    shape, dict inputs, no targets): ``{"input", "target", "index"}`` dicts, ``len()`` per epoch.
 
     Epoch ``e`` visits the samples in ``permutation(e)`` (a ``torch.randperm`` seeded by
     ``derive_seed(seed, e)``; identity order when ``shuffle=False``). ``augment(inputs,
@@ -65,6 +68,12 @@ class InMemoryLoader:
         self.world_size = world_size
         self.epoch = 0  # the epoch the next plain iteration walks
 
+    has_index = True  # batches carry "index": stable sample ids 0..N-1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
     def __len__(self) -> int:
         size = len(self.dataset)
         return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
@@ -90,14 +99,17 @@ class InMemoryLoader:
         dataset, size = self.dataset, self.batch_size
         for b in range(start, len(self)):
             ids = order[b * size:(b + 1) * size]
-            inputs = dataset.inputs[ids]
+            inputs = select(dataset.inputs, ids)
             if self.augment is not None:
                 inputs = self.augment(inputs, torch.Generator().manual_seed(derive_seed(self.seed, epoch, b)))
-            targets = dataset.targets[ids]
+            batch: Batch = {"input": inputs}
+            if dataset.targets is not None:
+                batch["target"] = dataset.targets[ids]
+            batch["index"] = ids
             if self.world_size > 1:  # this process's share of the global batch (augmented as a whole)
                 share = slice(self.rank, None, self.world_size)
-                inputs, targets, ids = inputs[share], targets[share], ids[share]
-            yield {"input": inputs, "target": targets, "index": ids}
+                batch = {key: select(value, share) for key, value in batch.items()}
+            yield batch
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self.epoch = self.epoch, self.epoch + 1

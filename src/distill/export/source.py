@@ -56,6 +56,7 @@ class Student:
     data_root: str | None
     seed: int = 0
     teacher_checkpoint: str | None = None
+    data_params: dict[str, Any] = field(default_factory=dict)  # the run's data.params (e.g. image_folder's size)
     _test_set: Any = field(default=None, repr=False)
     _train_set: Any = field(default=None, repr=False)
 
@@ -76,7 +77,7 @@ class Student:
 
         cached = self._test_set if split == "test" else self._train_set
         if cached is None:
-            cached = build_dataset(self.data_name, split, root=self.data_root)
+            cached = build_dataset(self.data_name, split, root=self.data_root, **self.data_params)
             if tuple(cached.input_shape) != self.input_shape or cached.num_classes != self.num_classes:
                 raise ExportError(
                     f"{self.checkpoint}: the model takes {self.input_shape} with {self.num_classes} classes but dataset "
@@ -233,5 +234,8 @@ def load_student(path: str | Path, *, data: str | None = None, root: str | Path 
                           "(digits, mnist, fashion_mnist, cifar10) and --root for the files")
     data_root = str(root) if root is not None else (recipe_data.get("root") if data is None or data == recipe_data.get("name") else None)
     teacher = (recipe.get("teacher") or {}).get("checkpoint")
+    same_data = data is None or data == recipe_data.get("name")
+    params = recipe_data.get("params") if same_data and isinstance(recipe_data.get("params"), dict) else {}
     return Student(model=model.eval(), spec=spec, checkpoint=model_file, run_dir=run_dir, data_name=data_name,
-                   data_root=data_root, seed=int(recipe.get("seed", 0) or 0), teacher_checkpoint=teacher)
+                   data_root=data_root, seed=int(recipe.get("seed", 0) or 0), teacher_checkpoint=teacher,
+                   data_params=params)

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from distill.core.io import batch_size_of, to_device
 from distill.distiller import Distiller
 from distill.safety import NonFiniteError
 from distill.recipe import TrainSpec
@@ -89,13 +90,16 @@ def _nonfinite_causes(distiller: Distiller, batch: dict[str, torch.Tensor], out:
         return ", ".join(str(int(i)) for i in chosen[:8].tolist()) + (" ..." if int(bad.sum()) > 8 else "")
 
     inputs = batch.get("input")
-    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
-        parts.append(f"the data holds NaN/inf inputs (samples {which(inputs)})")
+    tensors = [inputs] if isinstance(inputs, torch.Tensor) else list((inputs or {}).values())
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            parts.append(f"the data holds NaN/inf inputs (samples {which(tensor)})")
+            break
     teacher_logits = None
     try:
         if distiller.teacher_outputs is not None and ids is not None:
             teacher_logits = distiller.teacher_outputs[ids]
-        elif distiller.teacher is not None and isinstance(inputs, torch.Tensor):
+        elif distiller.teacher is not None and inputs is not None:
             teacher_logits = distiller.teacher_logits(inputs)
     except Exception:  # a diagnosis only: never hide the real error behind another
         teacher_logits = None
@@ -202,7 +206,7 @@ def train(
     done = state.step >= total_steps
     while not done:
         for batch in loader.epoch_batches(state.epoch, state.batch):
-            batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
+            batch = to_device(batch, accelerator.device, non_blocking=True)
             with accelerator.accumulate(student):
                 with accelerator.autocast():
                     out = distiller(batch)
@@ -231,7 +235,7 @@ def train(
                     accelerator.clip_grad_norm_(student.parameters(), spec.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            size = len(batch["input"]) * accelerator.num_processes  # global samples
+            size = batch_size_of(batch["input"]) * accelerator.num_processes  # global samples
             state.micro += 1
             state.batch += 1
             state.samples += size

@@ -1,0 +1,1 @@
+"""The open core: how distill talks to any model and any data (model I/O, teacher sources)."""
