@@ -56,3 +56,24 @@ def test_not_utf8_recipe_is_a_clear_error(tmp_path):
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(RecipeError, match="not UTF-8"):
         load_recipe(path)
+
+
+def test_the_recipe_folder_is_importable_and_validate_imports_its_callables(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    (tmp_path / "my_models_for_recipe.py").write_text(
+        "from distill.models import MLP\n\n"
+        "def build(input_shape, num_classes, width=8):\n"
+        "    return MLP(input_shape=input_shape, num_classes=num_classes, hidden=[width])\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("student: {model: 'my_models_for_recipe:build', params: {width: 4}}\ntrain: {steps: 2}\n")
+    result = CliRunner().invoke(app, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "imported your code: my_models_for_recipe:build" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("student: {model: 'my_models_for_recipe:biuld'}\ntrain: {steps: 2}\n")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "student.model" in result.output and "biuld" in result.output

@@ -202,14 +202,17 @@ def validate(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
 ) -> None:
     """Check a recipe (schema, names, files) and print it resolved, without running it."""
-    from distill.recipe import check_files, load_recipe
+    from distill.recipe import check_callables, check_files, load_recipe
 
     try:
         loaded = load_recipe(recipe, overrides or [])
         check_files(loaded)
+        imported = check_callables(loaded)  # the recipe's own code: imported, as `distill run` would
     except _user_errors() as exc:
         _fail(str(exc))
     console.print(loaded.to_yaml(), highlight=False, markup=False)
+    if imported:
+        console.print(f"imported your code: {', '.join(imported)}", highlight=False)
     console.print(f"[green]ok[/]: {recipe} is valid")
 
 

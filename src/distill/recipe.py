@@ -616,6 +616,12 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
             raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(tree, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of keys (name, data, student, ...), got {type(tree).__name__}")
+    if not isinstance(source, dict):
+        import sys
+
+        folder = str(Path(source).resolve().parent)  # the recipe's own modules import as in a script beside it
+        if folder not in sys.path:
+            sys.path.append(folder)
     tree = apply_overrides(tree, overrides or [])
     try:
         return Recipe.model_validate(tree)
@@ -623,6 +629,36 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
         raise RecipeError(format_validation_error(exc, name)) from None
     except UnknownNameError as exc:  # raised inside validators that look up registries
         raise RecipeError(f"{name}: {exc}") from None
+
+
+def recipe_callables(recipe: Recipe) -> list[tuple[str, str, Any]]:
+    """``(field, name, registry)`` of every ``package.module:callable`` the recipe names."""
+    from distill.data import DATASETS
+    from distill.distiller import LOSSES
+    from distill.models import MODELS
+
+    named = [("data.name", recipe.data.name, DATASETS)]
+    specs = [("student", recipe.student)] + (recipe.teacher.members() if recipe.teacher is not None else [])
+    named += [(f"{role}.model", spec.model, MODELS) for role, spec in specs if spec.model is not None]
+    named += [(f"losses.{index}.name", term.name, LOSSES) for index, term in enumerate(recipe.losses)]
+    return [(field_name, name, registry) for field_name, name, registry in named if ":" in name]
+
+
+def check_callables(recipe: Recipe) -> list[str]:
+    """Import every ``package.module:callable`` the recipe names (the user's own code: importing runs
+    it); returns the names, or raises RecipeError naming each field that does not import."""
+    from distill.registry import UnknownNameError
+
+    problems, names = [], []
+    for field_name, name, registry in recipe_callables(recipe):
+        try:
+            registry.get(name)
+            names.append(name)
+        except UnknownNameError as exc:
+            problems.append(f"field '{field_name}': {exc}")
+    if problems:
+        raise RecipeError("\n".join(problems))
+    return names
 
 
 def check_files(recipe: Recipe, base: Path | None = None) -> None:
