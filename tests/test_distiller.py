@@ -143,3 +143,146 @@ def test_term_values_the_distiller_cannot_use_are_refused_when_made(kwargs, expe
     with pytest.raises(ValueError, match=rf"^loss 'kl': {expected}"):
         LossTerm("kl", **kwargs)
     assert LossTerm("kl", params={"reduction": "sum"}).params == {"reduction": "sum"}
+
+
+# ----------------------------------------------------------------------------- features + self-distillation
+def mlps(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    from distill.models import build_model
+
+    torch.manual_seed(seed)
+    student = build_model("mlp", input_shape=(12,), num_classes=5, hidden=[8, 6])
+    teacher = build_model("mlp", input_shape=(12,), num_classes=5, hidden=[16, 10])
+    return student, teacher
+
+
+def both_parts(student, teacher, sample):
+    from distill.intermediate import FeatureDistillation, FeatureTerm
+    from distill.self_distill import SelfDistillation
+
+    features = FeatureDistillation(student, teacher, [FeatureTerm("hint", weight=0.5),
+                                                      FeatureTerm("similarity_preserving", weight=2.0)], sample, 5)
+    self_distill = SelfDistillation(student, "auto", sample, 5, weight=0.8, temperature=2.0, label_weight=0.4)
+    return features, self_distill
+
+
+def test_features_and_self_distillation_together_total_the_weighted_sum_of_every_term():
+    import torch.nn.functional as F
+
+    from distill.intermediate import StudentWithHeads
+
+    student, teacher = mlps()
+    generator = torch.Generator().manual_seed(3)
+    inputs, target = torch.randn(8, 12, generator=generator), torch.randint(0, 5, (8,), generator=generator)
+    features, self_distill = both_parts(student, teacher, inputs[:4])
+    terms = [LossTerm("kl", 0.7, 4.0), LossTerm("cross_entropy", 0.1)]
+    distiller = Distiller(student, teacher, terms, features=features, self_distill=self_distill)
+    heads = distiller.heads
+    # one wrapper around the student holds every head, behind one set of taps; it is what trains
+    assert isinstance(heads, StudentWithHeads) and distiller.student is heads
+    assert features.module is heads and self_distill.module is heads and heads.student is student
+    assert set(heads.taps.named_paths.values()) == {"layers.0", "layers.1"} and len(heads.taps.named_paths) == 5
+    out = distiller({"input": inputs, "target": target})
+    assert set(out) == {"loss", "kl", "cross_entropy", "feature/hint", "feature/similarity_preserving", "self/kl", "self/ce"}
+
+    with torch.no_grad():  # every term again, from the models and heads by hand
+        s0 = student.layers[0](inputs)
+        s1 = student.layers[1](s0)
+        logits = student.head(s1)
+        t0 = teacher.layers[0](inputs)
+        t1 = teacher.layers[1](t0)
+        teacher_logits = teacher.head(t1)
+        projectors = heads.projectors["student"]
+        names = list(features.pairs)  # hint: layers.0, layers.1; similarity_preserving: layers.0, layers.1
+        hint = torch.stack([F.mse_loss(projectors[names[0]](s0), t0), F.mse_loss(projectors[names[1]](s1), t1)]).mean()
+
+        def gram(x):
+            g = x.flatten(1) @ x.flatten(1).T
+            return F.normalize(g, dim=1)
+
+        sp = torch.stack([(gram(s) - gram(t)).square().sum() / len(inputs) ** 2 for s, t in ((s0, t0), (s1, t1))]).mean()
+        exit_logits = heads.exits["exit0"](s0)
+        p = F.softmax(logits / 2.0, -1)
+        self_kl = 4.0 * (p * (p.log() - F.log_softmax(exit_logits / 2.0, -1))).sum(-1).mean()
+        self_ce = F.cross_entropy(exit_logits, target)
+        p_teacher = F.softmax(teacher_logits / 4.0, -1)
+        logit_kl = 16.0 * (p_teacher * (p_teacher.log() - F.log_softmax(logits / 4.0, -1))).sum(-1).mean()
+        ce = F.cross_entropy(logits, target)
+    expected = {"kl": logit_kl, "cross_entropy": ce, "feature/hint": hint, "feature/similarity_preserving": sp,
+                "self/kl": self_kl, "self/ce": self_ce}
+    for key, value in expected.items():
+        torch.testing.assert_close(out[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        assert not out[key].requires_grad
+    weights = {"kl": 0.7, "cross_entropy": 0.1, "feature/hint": 0.5, "feature/similarity_preserving": 2.0,
+               "self/kl": 0.8, "self/ce": 0.4}
+    torch.testing.assert_close(out["loss"], sum(weights[key] * expected[key] for key in weights), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss"], sum(weights[key] * out[key] for key in weights), rtol=1e-6, atol=1e-7)
+
+    out["loss"].backward()  # the student, its feature projectors and its exits learn; the teacher does not
+    for name, param in heads.named_parameters():
+        if not name.startswith("student.head."):  # the final classifier: from the logit terms
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert all(param.grad is None for param in teacher.parameters())
+    distiller.remove_hooks()
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in [*student.modules(), *teacher.modules()])
+
+
+def test_each_part_alone_gives_the_same_numbers_as_before_joining():
+    from distill.intermediate import FeatureDistillation, FeatureTerm
+    from distill.self_distill import SelfDistillation, StudentWithExits
+
+    student, teacher = mlps()
+    data = {"input": torch.randn(6, 12, generator=torch.Generator().manual_seed(4)), "target": torch.arange(6) % 5}
+    features = FeatureDistillation(student, teacher, [FeatureTerm("hint")], data["input"][:2], 5)
+    alone = Distiller(features.module, teacher, [LossTerm("kl")], features=features)
+    assert alone.heads is features.module and alone.student is features.module  # nothing rebuilt
+    assert not list(features.module.exits.parameters())
+    first = alone(data)
+    alone.remove_hooks()
+    self_distill = SelfDistillation(student, "auto", data["input"][:2], 5)
+    assert isinstance(self_distill.module, StudentWithExits)
+    assert {key.split(".")[0] for key in self_distill.module.state_dict()} == {"student", "exits"}
+    second = Distiller(self_distill.module, None, [LossTerm("cross_entropy")], self_distill=self_distill)(data)
+    assert set(first) == {"loss", "kl", "feature/hint"} and set(second) == {"loss", "cross_entropy", "self/kl", "self/ce"}
+    torch.testing.assert_close(second["loss"], second["cross_entropy"] + second["self/kl"] + 0.3 * second["self/ce"])
+    self_distill.remove()
+
+
+class DictMLP(nn.Module):
+    """A Hugging Face style model: keyword inputs, a mapping with 'logits' out."""
+
+    def __init__(self, hidden: list[int]) -> None:
+        super().__init__()
+        widths = [12, *hidden]
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Linear(widths[-1], 5)
+
+    def forward(self, pixel_values: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = pixel_values.flatten(1) * scale[:, None]
+        for layer in self.layers:
+            x = layer(x)
+        return {"logits": self.head(x)}
+
+
+def test_the_wrapper_passes_dict_inputs_through():
+    from distill.evaluation import predict
+
+    torch.manual_seed(0)
+    student, teacher = DictMLP([8, 6]), DictMLP([16, 10])
+    inputs = {"pixel_values": torch.randn(8, 1, 12), "scale": torch.rand(8) + 0.5}
+    target = torch.randint(0, 5, (8,))
+    features, self_distill = both_parts(student, teacher, {key: value[:4] for key, value in inputs.items()})
+    distiller = Distiller(student, teacher, [LossTerm("kl", 1.0, 2.0)], features=features, self_distill=self_distill)
+    try:
+        out = distiller({"input": inputs, "target": target})
+        assert {"feature/hint", "self/kl", "self/ce"} <= set(out) and torch.isfinite(out["loss"])
+        # the wrapper stands in for the student wherever a model is called (keyword inputs)
+        torch.testing.assert_close(predict(distiller.heads, inputs), student(**inputs)["logits"])
+        accuracy = self_distill.exit_accuracy(inputs, target, batch_size=3)
+        assert set(accuracy) == {"layers.0", "final"}
+        assert distiller.heads.taps.attached  # exit_accuracy leaves the taps as it found them
+    finally:
+        distiller.remove_hooks()
+    assert not distiller.heads.taps.attached and not features.teacher_taps.attached
+    assert self_distill.exit_accuracy(inputs, target)["final"] == pytest.approx(
+        float((student(**inputs)["logits"].argmax(-1) == target).float().mean()))
+    assert not distiller.heads.taps.attached

@@ -192,6 +192,7 @@ def distil(
     train: Any,
     *,
     eval: Any = None,  # noqa: A002 - the issue's and users' word for the held-out data
+    task: str = "classification",
     losses: list[dict[str, Any]] | None = None,
     features: list[dict[str, Any]] | None = None,
     self_distill: dict[str, Any] | None = None,
@@ -237,6 +238,9 @@ def distil(
         train / eval: a torch ``Dataset`` (items ``(input, label)`` or dicts with ``label``), a
             ``DataLoader``, a Hugging Face ``datasets.Dataset``, an ``(inputs, targets)`` tensor
             pair or a distill data set. ``eval`` is scored after every epoch and at the end.
+        task: ``"classification"`` ((B, K) logits), ``"embedding"`` ((B, D) vectors or a
+            ``last_hidden_state`` to mean-pool; default loss ``cosine_distance``) or ``"token"``
+            (causal-LM (B, L, V) logits; losses per valid token, default ``kl``); :mod:`distill.tasks`.
         losses: the objective, a list of ``{"name", "weight", "temperature", **params}`` (the
             recipe's ``losses``; default :data:`DEFAULT_LOSSES` with a teacher, cross-entropy without).
         features / self_distill / quantize: the recipe's sections of the same names.
@@ -266,9 +270,14 @@ def distil(
         source = teacher if isinstance(teacher, TeacherSource) else load_teacher(teacher, trust_code=trust_code)
         teacher, description = source.model, source.description
     if losses is None:
-        losses = DEFAULT_LOSSES if teacher is not None else [{"name": "cross_entropy"}]
+        if task == "embedding":
+            losses = [{"name": "cosine_distance"}]
+        elif task == "token":
+            losses = [{"name": "kl"}] if teacher is not None else [{"name": "cross_entropy"}]
+        else:
+            losses = DEFAULT_LOSSES if teacher is not None else [{"name": "cross_entropy"}]
     tree: dict[str, Any] = {
-        "name": name, "seed": seed, "output_dir": str(output_dir),
+        "name": name, "seed": seed, "output_dir": str(output_dir), "task": task,
         "data": {"name": f"{PYTHON_OBJECT}:{_describe_data(train)}", "batch_size": batch_size,
                  "eval_batch_size": eval_batch_size},
         "student": {"model": f"{PYTHON_OBJECT}:{_class_path(student)}"},
@@ -289,8 +298,8 @@ def distil(
     if recipe.quantize is not None and recipe.quantize.method == "rtn":
         raise RecipeError("quantize.method 'rtn' rounds a trained model file: use distill run with a recipe, or "
                           "quantize method 'qat' here")
-    classes = _num_classes(train, student)
-    if classes is None:  # ask the student: its logits' last dimension
+    classes = _num_classes(train, student) if task == "classification" else None
+    if classes is None and task == "classification":  # ask the student: its logits' last dimension
         from distill.core.io import forward_logits
         from distill.runner import _first_inputs
 
@@ -301,6 +310,7 @@ def distil(
     spec = student_spec if student_spec is not None else infer_spec(student, input_shape=_input_shape(train),
                                                                    num_classes=classes)
     objects = RunObjects(student=student, student_spec=spec, teacher=teacher, train=train, test=eval,
-                         num_classes=classes, fingerprint=_objects_fingerprint(student, teacher, train))
+                         num_classes=classes, fingerprint=_objects_fingerprint(student, teacher, train),
+                         descriptions={"teacher": description or type(teacher).__name__} if teacher is not None else {})
     return run_recipe(recipe, resume=resume, overwrite=overwrite, progress=progress,
                       on_step=_callbacks(callbacks), measure_latency=measure_latency, objects=objects)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn a large teacher into a small, fast student.")
 from distill.diffusion.cli import app as diffusion_app  # noqa: E402
+from distill.export.targets import precision_help, target_help  # noqa: E402  (light: the registry, no runtimes)
 
 app.add_typer(diffusion_app, name="diffusion")
 # tables are wide: outside a terminal (logs, CI) rich would wrap them at 80 columns
@@ -103,7 +104,11 @@ def run(
     except _user_errors() as exc:  # a NaN / inf loss too (distill.safety.NonFiniteError)
         _fail(str(exc))
     if result.metrics:  # only the main process evaluates
-        console.print(metrics_table(f"{loaded.name}: test split", [(loaded.name, result.metrics)]))
+        rows = [(loaded.name, result.metrics)]
+        if isinstance(result.metrics.get("teacher_metrics"), dict):
+            rows.insert(0, (f"teacher ({result.metrics['teacher_metrics'].get('description')})",
+                            result.metrics["teacher_metrics"]))
+        console.print(metrics_table(f"{loaded.name}: test split", rows))
         console.print(f"Run folder: {result.run_dir}")
 
 
@@ -260,10 +265,8 @@ def eval_(
 @app.command("export")
 def export_(
     checkpoint: Path = typer.Argument(..., help="a run folder from `distill run`, or its model.safetensors"),
-    target: str = typer.Option(..., help="cpu | gpu | mobile | web"),
-    precision: Optional[List[str]] = typer.Option(None, help="repeatable; default: every precision the target and "
-                                                  "student allow (cpu: fp32 int8-dynamic int8-static int4/int2; "
-                                                  "gpu: fp16; mobile: fp32 8da4w; web: fp32 int4)"),
+    target: str = typer.Option(..., help=target_help()),
+    precision: Optional[List[str]] = typer.Option(None, help=precision_help()),
     out: Optional[Path] = typer.Option(None, help="export folder (default: <run folder>/export)"),
     data: Optional[str] = typer.Option(None, help="held-out dataset (default: the run folder's recipe)"),
     root: Optional[Path] = typer.Option(None, help="dataset folder (mnist, fashion_mnist, cifar10)"),

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from distill.core.io import Inputs, forward_logits
+from distill.core.io import Inputs, call_model
 from distill.losses import LOGIT_LOSSES, LOSS_NEEDS, check_loss_params
 from distill.registry import Registry
 
@@ -82,12 +82,17 @@ class Distiller:
         terms: the weighted loss terms; terms that need a teacher require one.
         teacher_outputs: (N, K) teacher logits for every training sample, precomputed; used
             instead of the teacher's forward, looked up by ``batch["index"]`` (sample ids).
-        features: intermediate-layer terms (:class:`distill.intermediate.FeatureDistillation`);
-            then ``student`` is its ``StudentWithHeads`` (possibly wrapped by DDP), called with
-            the teacher's features, and each term's value is reported as ``feature/<loss>``.
+        features: intermediate-layer terms (:class:`distill.intermediate.FeatureDistillation`),
+            called with the teacher's features and reported as ``feature/<loss>``.
         self_distill: exits on the student's shallower layers taught by its final logits
-            (:class:`distill.self_distill.SelfDistillation`); then ``student`` is its
-            ``StudentWithExits``, and the terms are reported as ``self/kl`` and ``self/ce``.
+            (:class:`distill.self_distill.SelfDistillation`), reported as ``self/kl`` and ``self/ce``.
+
+    With ``features`` and/or ``self_distill`` the student trains inside one module holding every
+    head, ``heads`` (a :class:`distill.intermediate.StudentWithHeads`, both parts joined by
+    :func:`distill.intermediate.join_heads`): give the bare student (or a part's ``module``) and the
+    Distiller trains ``heads`` instead, or give ``heads`` itself, possibly wrapped by DDP. The total is
+    ``sum(weight * logit term) + sum(weight * feature term) + sum(weight * self term)``, in that order.
+    Their hooks are (re)attached at each call; :meth:`remove_hooks` takes every one off.
     """
 
     def __init__(
@@ -99,9 +104,11 @@ class Distiller:
         teacher_outputs: torch.Tensor | None = None,
         features=None,
         self_distill=None,
+        task=None,
     ) -> None:
-        if features is not None and self_distill is not None:
-            raise ValueError("feature terms and self-distillation each wrap the student: use one of them")
+        from distill.tasks import build_task
+
+        self.task = build_task(task)  # how outputs are read and terms applied (classification by default)
         self.student = student
         self.self_distill = self_distill
         self.teacher_outputs = teacher_outputs
@@ -119,6 +126,14 @@ class Distiller:
             raise ValueError(f"losses {twice} appear more than once under the same name; give each its own "
                              f"'label' (e.g. {{name: {twice[0]}, label: {twice[0]}_t1, ...}}) so their metrics differ")
         self.needs_teacher = bool(needy) or features is not None
+        self.heads = None  # the one module holding every head, when there are heads
+        if features is not None or self_distill is not None:
+            from distill.intermediate import join_heads  # (intermediate imports this module)
+
+            parts = [part.module for part in (features, self_distill) if part is not None]
+            self.heads = join_heads(features, self_distill)
+            if student is self.heads.student or any(student is part for part in parts):
+                self.student = self.heads  # the student trains inside it
 
     def teacher_logits(self, inputs: Inputs) -> torch.Tensor:
         """Teacher forward in inference mode: (B, ...) or a mapping of tensors -> (B, K), no autograd history."""
@@ -126,11 +141,26 @@ class Distiller:
         if self.teacher.training:  # someone called .train() on it: refuse to train with dropout on
             freeze_teacher(self.teacher)
         with torch.inference_mode():
-            logits = forward_logits(self.teacher, inputs, who=f"the teacher ({type(self.teacher).__name__})")
+            output = call_model(self.teacher, inputs)
+            logits = self.task.read(output, {"input": inputs}, who=f"the teacher ({type(self.teacher).__name__})")
         return logits.clone()  # a normal tensor, usable next to autograd tensors
+
+    def attach_hooks(self) -> None:
+        """Put the taps of the feature terms (student and teacher) and of the exits on (a no-op when on)."""
+        if self.heads is not None:
+            self.heads.taps.attach()
+        if self.features is not None:
+            self.features.teacher_taps.attach()
+
+    def remove_hooks(self) -> None:
+        """Take every hook this Distiller's terms put on the student and the teacher off (idempotent)."""
+        for part in (self.features, self.self_distill):
+            if part is not None:
+                part.remove()
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs, target = batch["input"], batch.get("target")
+        self.attach_hooks()
         teacher_logits = None
         if self.needs_teacher:
             if self.teacher_outputs is not None:
@@ -139,27 +169,27 @@ class Distiller:
                 teacher_logits = self.teacher_outputs[batch["index"]]
             else:
                 teacher_logits = self.teacher_logits(inputs)
-        if self.features is not None:  # the teacher's taps fired during its forward above
-            student_logits = self.student(inputs, self.features.teacher_features())
+        if self.heads is not None:  # the wrapper: called with the inputs as they are (a tensor or a mapping)
+            if self.features is not None:  # the teacher's taps fired during its forward above
+                output = self.student(inputs, self.features.teacher_features())
+            else:
+                output = self.student(inputs)
         else:
-            student_logits = forward_logits(self.student, inputs, who="the student")
-        if isinstance(teacher_logits, torch.Tensor) and teacher_logits.shape[-1] != student_logits.shape[-1]:
-            raise ValueError(
-                f"the teacher and the student disagree on the number of classes: the teacher gives "
-                f"{teacher_logits.shape[-1]} logits per sample ({tuple(teacher_logits.shape)}), the student "
-                f"{student_logits.shape[-1]} ({tuple(student_logits.shape)}); build the student with the teacher's "
-                "class count")
+            output = call_model(self.student, inputs)
+        student_logits = self.task.read(output, batch, who="the student")
+        if isinstance(teacher_logits, torch.Tensor):
+            self.task.check_pair(student_logits, teacher_logits)
         out: dict[str, torch.Tensor] = {}
         total = student_logits.new_zeros((), dtype=torch.float32)
         for term in self.terms:
-            value = term.fn(student_logits, teacher_logits, target, temperature=term.temperature, **term.params)
+            value = self.task.term_value(term, student_logits, teacher_logits, batch)
             out[term.key] = value.detach()
             total = total + term.weight * value
-        extra_terms = []  # (metric name, weight, value) of the feature or self-distillation terms
+        extra_terms = []  # (metric name, weight, value) of the feature and self-distillation terms
         if self.features is not None:
-            extra_terms = self.features.losses(self.features.module.outputs, teacher_logits, target)
-        elif self.self_distill is not None:
-            extra_terms = self.self_distill.losses(student_logits, target)
+            extra_terms += self.features.losses(self.features.module.outputs, teacher_logits, target)
+        if self.self_distill is not None:
+            extra_terms += self.self_distill.losses(student_logits, target)
         for key, weight, value in extra_terms:
             out[key] = value.detach()
             total = total + weight * value

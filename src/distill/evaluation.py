@@ -203,3 +203,30 @@ def evaluate(
         metrics["latency_b64_ms"] = measure_latency(model, sample, 64, repeats=20)["per_sample_ms"]
         metrics["threads"] = torch.get_num_threads()
     return metrics
+
+
+def evaluate_task(task, model: nn.Module, inputs: Inputs, target: torch.Tensor | None, *,
+                  teacher_outputs: torch.Tensor | None = None, file: str | Path | None = None, latency: bool = True,
+                  batch_size: int = 512) -> dict[str, Any]:
+    """A :class:`distill.tasks.Task`'s metrics of ``model`` on ``inputs`` (N, ...) (labels ``target``
+    when the task has them; the teacher's outputs for the comparisons), plus parameters, bytes and
+    latency (median ms per sample at batch 1 and 64 of one forward)."""
+    from distill.core.io import call_model
+
+    outputs = task.predict(model, inputs, batch_size, who=f"model file {file}" if file is not None else "the model")
+    metrics: dict[str, Any] = {**task.metrics(outputs, teacher_outputs, target, inputs=inputs),
+                               "parameters": count_parameters(model), "parameter_bytes": model_bytes(model)}
+    if file is not None:
+        metrics["file_bytes"] = Path(file).stat().st_size
+    if latency:
+        sample = select(inputs, slice(0, 1))
+        for size, key, repeats in ((1, "latency_b1_ms", 30), (64, "latency_b64_ms", 10)):
+            def repeat(tensor: torch.Tensor, size=size) -> torch.Tensor:
+                return tensor[:1].expand(size, *tensor.shape[1:]).contiguous()
+
+            batch = repeat(sample) if isinstance(sample, torch.Tensor) else {k: repeat(v) for k, v in sample.items()}
+            model.eval()
+            with torch.inference_mode():
+                metrics[key] = median_time_ms(lambda: call_model(model, batch), repeats=repeats, warmup=3) / size
+        metrics["threads"] = torch.get_num_threads()
+    return metrics

@@ -14,7 +14,8 @@ built from shapes probed with one forward pass on a sample batch:
 
 All heads live in :class:`StudentWithHeads` next to the student, so they train with it, are
 synchronised by DDP and saved in its checkpoints (under ``projectors.``); the exported student
-is ``StudentWithHeads.student`` alone.
+is ``StudentWithHeads.student`` alone. The same module holds the self-distillation exits when a
+run has both (:func:`join_heads`): one wrapper, one set of taps on the student.
 
 ``pairs: auto`` spreads the student's stages uniformly over the teacher's: with S student and T
 teacher stages (:func:`stage_paths`), student stage i (0-based) is paired with teacher stage
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill.core.io import Inputs, call_model
 from distill.distiller import check_term
 from distill.losses import FEATURE_LOSS_NEEDS, FEATURE_LOSSES, check_feature_loss_params
 from distill.projectors import build_embedding_head, build_logit_head, build_projector
@@ -88,32 +90,103 @@ class FeatureTerm:
 
 
 class StudentWithHeads(nn.Module):
-    """The student plus the trainable heads of the feature terms; what the optimiser and DDP see.
+    """The student plus every trainable head around it: what the optimiser, DDP and FSDP see.
 
-    ``forward(inputs, teacher_features)`` returns the student's logits and leaves, in
-    ``self.outputs``, ``name -> (student side, teacher side)`` for every feature pair, each side
-    passed through its head (identity where the loss needs none).
+    One module for all the terms that read the student's layers: the feature terms' heads
+    (``projectors.student.<pair>``, ``projectors.teacher.<pair>``, :class:`FeatureDistillation`)
+    and the self-distillation exits (``exits.<exit>``, :class:`distill.self_distill.SelfDistillation`).
+    The student is read through one :class:`distill.taps.Taps` over every path either needs
+    (``taps``); it is never rewritten, and ``student`` alone is the exported model.
+
+    ``forward(inputs, teacher_features=None)`` calls the student (a tensor, or a mapping of
+    tensors passed as keyword arguments: :func:`distill.core.io.call_model`; ``forward(**inputs)``
+    works too, so the wrapper stands in for the student anywhere) and returns the student's output
+    as it is. It leaves, in ``self.outputs``, ``pair -> (student side, teacher side)`` for every
+    feature pair when ``teacher_features`` is given, each side passed through its head (identity
+    where the loss needs none), and in ``self.exit_logits`` ``exit -> (B, K)`` for every exit. With
+    its taps removed (``taps.remove()``, done when training ends) it is the bare student: no head
+    runs and both are left empty.
+
+    Args:
+        student: the model being trained.
+        student_paths: feature pair name -> student module path.
+        student_heads, teacher_heads: feature pair name -> head (only the pairs that have one).
+        exit_paths: exit name -> student module path; exits: exit name -> exit head.
+
+    :func:`join_heads` puts a :class:`FeatureDistillation`'s heads and a ``SelfDistillation``'s
+    exits into one such module.
     """
 
     def __init__(self, student: nn.Module, student_paths: dict[str, str], student_heads: dict[str, nn.Module],
-                 teacher_heads: dict[str, nn.Module]) -> None:
+                 teacher_heads: dict[str, nn.Module], *, exit_paths: dict[str, str] | None = None,
+                 exits: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
+        exit_paths, exits = dict(exit_paths or {}), dict(exits or {})
+        if set(exits) != set(exit_paths):
+            raise ValueError(f"exits {sorted(exits)} and exit paths {sorted(exit_paths)} name different exits")
+        clash = sorted(set(student_paths) & set(exit_paths))
+        if clash:
+            raise ValueError(f"feature pairs and exits share the names {clash}")
         self.student = student
         self.projectors = nn.ModuleDict({"student": nn.ModuleDict(student_heads), "teacher": nn.ModuleDict(teacher_heads)})
-        self.taps = Taps(student, student_paths)
+        self.exits = nn.ModuleDict(exits)
+        self.feature_paths, self.exit_paths = dict(student_paths), exit_paths
+        self.taps = Taps(student, {**self.feature_paths, **exit_paths})
         self.outputs: dict[str, tuple[Tensor, Tensor]] = {}
+        self.exit_logits: dict[str, Tensor] = {}
 
-    def forward(self, inputs: Tensor, teacher_features: dict[str, Tensor] | None = None) -> Tensor:
-        logits = self.student(inputs)
+    def forward(self, inputs: Inputs | None = None, teacher_features: dict[str, Tensor] | None = None,
+                **named_inputs: Tensor) -> Any:
+        if named_inputs:
+            if inputs is not None:
+                raise TypeError("give the student's inputs once: positionally, or as keyword arguments")
+            inputs = named_inputs
+        output = call_model(self.student, inputs)
+        if not self.taps.attached:  # hooks off (training over): the bare student, no head runs
+            self.outputs, self.exit_logits = {}, {}
+            return output
+        if teacher_features is None and not self.exit_paths:
+            return output
+        features = self.taps.require_all()
         if teacher_features is not None:
-            features = self.taps.require_all()
             heads_s, heads_t = self.projectors["student"], self.projectors["teacher"]
             self.outputs = {
                 name: (heads_s[name](features[name]) if name in heads_s else features[name],
                        heads_t[name](teacher_features[name]) if name in heads_t else teacher_features[name])
-                for name in self.taps.named_paths
+                for name in self.feature_paths
             }
-        return logits
+        self.exit_logits = {name: head(features[name]) for name, head in self.exits.items()}
+        return output
+
+
+def join_heads(features: "FeatureDistillation | None" = None, self_distill: Any = None) -> StudentWithHeads | None:
+    """The one :class:`StudentWithHeads` that trains for these parts (None when both are None).
+
+    With one part, its own ``module``. With both (built on the same student), a new module
+    holding the feature heads and the exits themselves (no head is rebuilt, so no weight changes)
+    behind one set of taps: the parts' own student taps are removed and both parts' ``module``
+    become the joined one. Calling it again returns that module.
+    """
+    if features is None or self_distill is None:
+        part = features if features is not None else self_distill
+        return part.module if part is not None else None
+    if features.module is self_distill.module:
+        return features.module
+    with_heads, with_exits = features.module, self_distill.module
+    if with_heads.student is not with_exits.student:
+        raise ValueError("the feature terms and the self-distillation exits were built on different students: "
+                         "build both on the model being trained")
+    if with_heads.exit_paths or with_exits.feature_paths:
+        raise ValueError("join_heads takes a FeatureDistillation and a SelfDistillation that were not joined yet")
+    joined = StudentWithHeads(with_heads.student, with_heads.feature_paths, dict(with_heads.projectors["student"]),
+                              dict(with_heads.projectors["teacher"]), exit_paths=with_exits.exit_paths,
+                              exits=dict(with_exits.exits))
+    if not (with_heads.taps.attached or with_exits.taps.attached):
+        joined.taps.remove()
+    with_heads.taps.remove()
+    with_exits.taps.remove()
+    features.module = self_distill.module = joined
+    return joined
 
 
 class FeatureDistillation:
@@ -125,7 +198,8 @@ class FeatureDistillation:
         sample_input: one batch (B >= 2) for probing shapes; num_classes: for logit heads.
 
     Attributes:
-        module: the :class:`StudentWithHeads` to train (instead of the bare student).
+        module: the :class:`StudentWithHeads` to train (instead of the bare student); joined with a
+            self-distillation's exits by :func:`join_heads`, the one module holding both.
         teacher_taps: hooks on the teacher capturing every pair's teacher feature.
         pairs: ``pair name -> (term index, student path, teacher path)``.
     """
@@ -179,6 +253,10 @@ class FeatureDistillation:
     def losses(self, outputs: dict[str, tuple[Tensor, Tensor]], teacher_logits: Tensor | None,
                target: Tensor | None) -> list[tuple[str, float, Tensor]]:
         """``(metric name, weight, value)`` per term, the value averaged over the term's pairs."""
+        missing = [name for name in self.pairs if name not in outputs]
+        if missing:
+            raise ValueError(f"feature pairs {missing} have no outputs from the latest forward: call the module with "
+                             "the teacher's features, its taps attached (taps.attach())")
         values: dict[int, list[Tensor]] = {}
         for name, (index, _, _) in self.pairs.items():
             term = self.terms[index]

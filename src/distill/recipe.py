@@ -373,6 +373,8 @@ class Recipe(_Strict):
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs/run"
+    task: str = Field("classification", description="what the outputs are: classification ((B, K) logits), "
+                      "embedding ((B, D) vectors) or token ((B, L, V) causal-LM logits; per-token losses)")
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: Optional[TeacherSpec] = None
     student: ModelSpec
@@ -383,6 +385,13 @@ class Recipe(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     quantize: Optional[QuantSpec] = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from distill.tasks import TASKS
+
+        return _known_name(name, TASKS.names(), "task", "tasks")
 
     @model_validator(mode="before")
     @classmethod
@@ -430,8 +439,6 @@ class Recipe(_Strict):
         teacher = self.teacher
         if self.features and teacher is None:
             raise ValueError("'features' compare the student's layers with the teacher's, but 'teacher' is not set")
-        if self.features and self.self_distill is not None:
-            raise ValueError("'features' and 'self_distill' each add heads around the student; use one of them per run")
         if teacher is not None and teacher.ensemble is not None:
             auto = [index for index, spec in enumerate(self.features) if spec.pairs == "auto"]
             if auto:

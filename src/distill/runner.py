@@ -41,6 +41,7 @@ from distill.quant import quant_parameters, quantize_rtn, save_packed, size_repo
 from distill.quant.ptq import learned_activation_quantizers
 from distill.recipe import AugmentSpec, ModelSpec, Recipe, RecipeError, check_files
 from distill.safety import LOCK_FILE, LOCK_INFO, MARKER, check_writable_dir, mark_owned
+from distill.tasks import ClassificationTask, build_task
 from distill.safety import remove_owned, run_lock
 from distill.training.checkpoint import latest_checkpoint
 from distill.training.loop import MetricsLog, TrainState, train
@@ -385,7 +386,9 @@ def build_objects(recipe: Recipe, accelerator: Accelerator) -> RunObjects:
         quantize_student(recipe, student, train_set)
         student_spec = {**student_spec, "quantize": quant_config_dict(recipe.quantize.config())}
     teacher = build_teacher(recipe, shape, classes)
-    return RunObjects(student, student_spec, teacher, train_set, test_set, classes, quantized=True)
+    descriptions = {"teacher": recipe.teacher.describe()} if recipe.teacher is not None else {}
+    return RunObjects(student, student_spec, teacher, train_set, test_set, classes, quantized=True,
+                      descriptions=descriptions)
 
 
 def _data_tensors(data: Any, batch_size: int) -> tuple[Any, torch.Tensor | None]:
@@ -457,16 +460,23 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         teacher.to(accelerator.device)
     terms = [LossTerm(t.name, t.weight, t.temperature, t.params, label=t.label) for t in recipe.losses]
     test_inputs, test_target = _data_tensors(test_set, data.eval_batch_size) if test_set is not None else (None, None)
+    task = build_task(recipe.task)
+    classification = isinstance(task, ClassificationTask)
+
+    def outputs_of(model: nn.Module, inputs, who: str) -> torch.Tensor:
+        """The task's outputs of ``model`` for all ``inputs`` (classification: :func:`predict`, as always)."""
+        if classification:
+            return predict(model, inputs, data.eval_batch_size, what=who)
+        return task.predict(model, inputs, data.eval_batch_size, who=who)
+
     teacher_test_logits = None
     if teacher is not None and test_inputs is not None and accelerator.is_main_process:  # for agreement / KL
-        teacher_test_logits = predict(teacher, to_device(test_inputs, accelerator.device), data.eval_batch_size,
-                                      what="the teacher").cpu()
+        teacher_test_logits = outputs_of(teacher, to_device(test_inputs, accelerator.device), "the teacher").cpu()
     teacher_outputs = None
     if teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
         if recipe.teacher.precompute:
             train_inputs, _ = _data_tensors(train_set, data.eval_batch_size)
-            teacher_outputs = predict(teacher, to_device(train_inputs, accelerator.device), data.eval_batch_size,
-                                      what="the teacher")
+            teacher_outputs = outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
         elif recipe.teacher.cache is not None:
             if not isinstance(train_set, ArrayDataset):
                 raise RecipeError("field 'teacher.cache': the teacher-output cache stores one output per sample of an "
@@ -498,10 +508,17 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             self_distill = SelfDistillation(student, spec.layers, sample, classes, weight=spec.weight,
                                             temperature=spec.temperature, label_weight=spec.label_weight, hidden=spec.hidden)
         except ValueError as exc:
+            if features is not None:  # no hook outlives a refused recipe
+                features.remove()
             raise RecipeError(f"field 'self_distill': {exc}") from None
-    wrapper = features if features is not None else self_distill  # the student trains inside a wrapper that holds its heads
-    distiller = Distiller(wrapper.module if wrapper else student, teacher, terms, teacher_outputs=teacher_outputs,
-                          features=features, self_distill=self_distill)
+    try:  # with features and/or exits the student trains inside one wrapper holding every head (distiller.heads)
+        distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs, features=features,
+                              self_distill=self_distill, task=task)
+    finally:  # the Distiller puts the hooks back on at its first step, and the loop's end takes them off:
+        for part in (features, self_distill):  # none stay on the user's models after an error before it
+            if part is not None:
+                part.remove()
+    wrapper = distiller.heads  # None without heads
     if accelerator.num_processes > 1:  # dropout etc. draw from one stream per process
         torch.manual_seed(recipe.seed * 1_000_003 + accelerator.process_index)
 
@@ -567,6 +584,9 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         model = current_model()
         if not accelerator.is_main_process or test_inputs is None:
             return {}
+        if not classification:
+            outputs = outputs_of(model, to_device(test_inputs, accelerator.device), "the student").cpu()
+            return task.metrics(outputs, teacher_test_logits, test_target, inputs=test_inputs)
         logits = predict(model, to_device(test_inputs, accelerator.device), data.eval_batch_size).cpu()
         record = {}
         if test_target is not None:
@@ -593,30 +613,40 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
                 fingerprint=fingerprint, evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
             )
         finally:
-            if wrapper is not None:  # never leave hooks on the user's models, even when interrupted
-                wrapper.remove()
+            distiller.remove_hooks()  # never leave hooks on the user's models, even when interrupted
         train_seconds = time.perf_counter() - started
 
     exit_accuracy = None
     if self_distill is not None and test_target is not None and (accelerator.is_main_process or fsdp):
-        # a sharded forward is collective
+        # a sharded forward is collective; the exits' taps are on for these forwards only
         exit_accuracy = self_distill.exit_accuracy(to_device(test_inputs, accelerator.device),
                                                    test_target.to(accelerator.device), data.eval_batch_size)
-        self_distill.remove()
     model = current_model()
     if model is not None:
         model.eval()
-        if wrapper is not None and not fsdp:  # the exported student leaves the feature heads or exits behind
+        if wrapper is not None and not fsdp:  # the exported student leaves the feature heads and exits behind
             model = model.student
     model_path = run_dir / MODEL_FILE
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         write_student(model, model_path, student_spec)
-        if test_inputs is not None and test_target is not None:
+        if classification and test_inputs is not None and test_target is not None:
             metrics = evaluate(
                 model.cpu(), test_inputs, test_target, teacher_logits=teacher_test_logits, file=model_path,
                 latency=measure_latency, batch_size=data.eval_batch_size,
             )
+        elif test_inputs is not None:  # other tasks, or unlabelled held-out data: the task's own metrics
+            from distill.evaluation import evaluate_task
+
+            metrics = evaluate_task(task, model.cpu(), test_inputs, test_target, teacher_outputs=teacher_test_logits,
+                                    file=model_path, latency=measure_latency, batch_size=data.eval_batch_size)
+        if teacher_test_logits is not None and objects.teacher is not None:  # the report's teacher row
+            from distill.models import count_parameters
+
+            metrics["teacher_metrics"] = {
+                **task.metrics(teacher_test_logits, None, test_target, inputs=test_inputs),
+                "parameters": count_parameters(objects.teacher),
+                "description": objects.descriptions.get("teacher") or type(objects.teacher).__name__}
         if is_quantized(model) and student_spec is not None and test_target is not None:
             # the real low-bit artifact, verified against the fake-quantized model
             metrics.update(write_packed(model, run_dir / PACKED_FILE, student_spec, test_inputs, test_target,

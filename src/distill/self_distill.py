@@ -13,40 +13,34 @@ shallow layers receive gradients from every exit, which is where the student gai
 also give early-exit classifiers whose test accuracy the run reports. The exits live in
 :class:`StudentWithExits` beside the student, train and are checkpointed with it, and are
 stripped from the exported student. The student is read by forward hooks (:class:`distill.taps.Taps`),
-never rewritten. The other self-distillation, a student's earlier checkpoint teaching its later
-self ("born-again networks", Furlanello et al. 2018), needs nothing new: give that checkpoint as
-``teacher.checkpoint`` (see docs/features.md).
+never rewritten. Exits combine with feature terms: then one module holds the exits and the
+feature heads, behind one set of taps (:func:`distill.intermediate.join_heads`). The other
+self-distillation, a student's earlier checkpoint teaching its later self ("born-again networks",
+Furlanello et al. 2018), needs nothing new: give that checkpoint as ``teacher.checkpoint`` (see
+docs/features.md).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from distill.intermediate import stage_paths
+from distill.core.io import Inputs, batch_size_of, forward_logits, select
+from distill.intermediate import StudentWithHeads, stage_paths
 from distill.losses.logits import cross_entropy, kl
 from distill.projectors import build_logit_head
-from distill.taps import Taps, probe, resolve_path
+from distill.taps import probe, resolve_path
 
 
-class StudentWithExits(nn.Module):
-    """The student plus one exit head per tapped layer; what the optimiser and DDP see.
+class StudentWithExits(StudentWithHeads):
+    """The student plus one exit head per tapped layer: a :class:`distill.intermediate.StudentWithHeads`
+    with exits only (``exits.<exit>`` in its state dict).
 
-    ``forward(inputs)`` returns the student's logits ``(B, K)`` and leaves each exit's logits
+    ``forward(inputs)`` returns the student's output (logits ``(B, K)``) and leaves each exit's logits
     ``(B, K)`` in ``self.exit_logits`` (name -> tensor).
     """
 
     def __init__(self, student: nn.Module, paths: dict[str, str], exits: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.student = student
-        self.exits = nn.ModuleDict(exits)
-        self.taps = Taps(student, paths)
-        self.exit_logits: dict[str, Tensor] = {}
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        logits = self.student(inputs)
-        features = self.taps.require_all()
-        self.exit_logits = {name: head(features[name]) for name, head in self.exits.items()}
-        return logits
+        super().__init__(student, {}, {}, {}, exit_paths=paths, exits=exits)
 
 
 class SelfDistillation:
@@ -59,8 +53,9 @@ class SelfDistillation:
         sample_input: one batch ``(B, ...)`` for probing the layers' shapes; num_classes: K.
         weight, temperature, label_weight: see the module docstring; hidden: exit MLP width.
 
-    Attributes: ``module`` (:class:`StudentWithExits`, to train instead of the bare student),
-    ``paths`` (exit name -> module path).
+    Attributes: ``module`` (:class:`StudentWithExits`, to train instead of the bare student; with
+    feature terms too, the one :class:`distill.intermediate.StudentWithHeads` holding every head,
+    see :func:`distill.intermediate.join_heads`), ``paths`` (exit name -> module path).
     """
 
     def __init__(self, student: nn.Module, layers: list[str] | str, sample_input: Tensor, num_classes: int, *,
@@ -87,7 +82,11 @@ class SelfDistillation:
 
     def losses(self, final_logits: Tensor, target: Tensor | None) -> list[tuple[str, float, Tensor]]:
         """``(metric name, weight, value)``: ``self/kl`` and, with labels, ``self/ce``; each a mean over exits."""
-        exit_logits = list(self.module.exit_logits.values())
+        missing = [name for name in self.paths if name not in self.module.exit_logits]
+        if missing:
+            raise ValueError(f"exits {missing} have no logits from the latest forward: train the module with its "
+                             "taps attached (taps.attach())")
+        exit_logits = [self.module.exit_logits[name] for name in self.paths]
         teacher_logits = final_logits.detach()
         out = [("self/kl", self.weight, torch.stack(
             [kl(logits, teacher_logits, temperature=self.temperature) for logits in exit_logits]).mean())]
@@ -97,25 +96,31 @@ class SelfDistillation:
         return out
 
     @torch.no_grad()
-    def exit_accuracy(self, inputs: Tensor, target: Tensor, batch_size: int = 512) -> dict[str, float]:
+    def exit_accuracy(self, inputs: Inputs, target: Tensor, batch_size: int = 512) -> dict[str, float]:
         """Test accuracy of each exit, keyed by its module path (the student's own is ``final``).
 
-        ``inputs`` ``(N, ...)`` on the student's device, ``target`` ``(N,)`` on the same device."""
+        ``inputs`` ``(N, ...)`` (or a mapping of such tensors) on the student's device, ``target``
+        ``(N,)`` on the same device. The taps are attached for these forwards and left as they were
+        found (removed again when they were off), also when a forward fails."""
         module = self.module
+        was_attached, was_training = module.taps.attached, module.training
         module.taps.attach()
-        was_training = module.training
         module.eval()
+        count = batch_size_of(inputs)
         correct = {name: 0 for name in [*self.paths, "final"]}
         try:
-            for start in range(0, len(inputs), batch_size):
-                batch = inputs[start:start + batch_size]
+            for start in range(0, count, batch_size):
+                batch = select(inputs, slice(start, start + batch_size))
                 labels = target[start:start + batch_size]
-                correct["final"] += int((module(batch).argmax(-1) == labels).sum())
-                for name, logits in module.exit_logits.items():
-                    correct[name] += int((logits.argmax(-1) == labels).sum())
+                final = forward_logits(module, batch, who="the student")
+                correct["final"] += int((final.argmax(-1) == labels).sum())
+                for name in self.paths:
+                    correct[name] += int((module.exit_logits[name].argmax(-1) == labels).sum())
         finally:
             module.train(was_training)
-        return {self.paths.get(name, name): count / len(inputs) for name, count in correct.items()}
+            if not was_attached:
+                module.taps.remove()
+        return {self.paths.get(name, name): hits / count for name, hits in correct.items()}
 
     def remove(self) -> None:
         """Take the hooks off the student."""

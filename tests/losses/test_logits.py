@@ -64,6 +64,9 @@ def golden(name):
         return {"alpha": 0.7, "beta": 8.0}, np_dkd(s, t, y, TEMP, 0.7, 8.0)
     if name == "mse":
         return {}, ((s - t) ** 2).mean()
+    if name == "cosine_distance":
+        cos = (s * t).sum(-1) / (np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1))
+        return {}, (1 - cos).mean()
     if name == "cross_entropy":
         log_q = np.log(np_softmax(s))
         eps = 0.1

@@ -74,7 +74,50 @@ def test_exact_resume_with_feature_heads(tmp_path, teachers):
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_hooks_are_removed_even_when_interrupted(tmp_path, teachers, monkeypatch):
+SELF = {"layers": "auto", "weight": 1.0, "temperature": 3.0, "label_weight": 0.3}
+
+
+def combined(out, teacher, **train):
+    return {**tree(out, teacher, [{"loss": "hint"}, {"loss": "similarity_preserving", "weight": 10.0}], **train),
+            "self_distill": SELF}
+
+
+def test_features_and_self_distillation_train_together_and_export_the_bare_student(tmp_path, teachers):
+    result = run(combined(tmp_path / "run", teachers["cnn"]))
+    logged = [r for r in records(result.run_dir) if r["split"] == "train"]
+    assert {"loss", "kl", "feature/hint", "feature/similarity_preserving", "self/kl", "self/ce"} <= set(logged[0])
+    assert all({"feature/hint", "self/kl", "self/ce"} <= set(r) for r in logged)
+    assert logged[-1]["loss"] < 0.8 * logged[0]["loss"]
+    assert logged[-1]["feature/hint"] < logged[0]["feature/hint"] and logged[-1]["self/ce"] < logged[0]["self/ce"]
+    exported = load_file(str(result.model_path))
+    model, _ = load_model(result.model_path)  # rebuilds as the plain student: no projector, no exit
+    assert type(model).__name__ == "CNN" and set(exported) == set(model.state_dict())
+    assert not any(key.startswith(("projectors.", "exits.", "student.")) for key in exported)
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())
+    checkpoint = load_file(str(next((result.run_dir / "checkpoints").glob("step-*")) / "model.safetensors"))
+    assert any(key.startswith("projectors.student.") for key in checkpoint)  # both head families train and are saved
+    assert any(key.startswith("exits.exit0.") for key in checkpoint)
+    exits = json.loads((result.run_dir / "eval.json").read_text())["exit_accuracy"]
+    assert list(exits) == ["stages.0", "final"] and exits["final"] == pytest.approx(result.metrics["accuracy"])
+
+
+def test_exact_resume_with_feature_heads_and_exits(tmp_path, teachers):
+    whole = run(combined(tmp_path / "a", teachers["cnn"], checkpoint_every=10))
+
+    def stop(state):
+        if state.step == 14:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        run(combined(tmp_path / "b", teachers["cnn"], checkpoint_every=10), on_step=stop)
+    resumed = run(combined(tmp_path / "b", teachers["cnn"], checkpoint_every=10), resume=True)
+    a, b = load_file(str(whole.model_path)), load_file(str(resumed.model_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert records(whole.run_dir)[-1]["loss"] == records(resumed.run_dir)[-1]["loss"]
+
+
+@pytest.mark.parametrize("with_exits", [False, True])
+def test_hooks_are_removed_even_when_interrupted(tmp_path, teachers, monkeypatch, with_exits):
     import distill.runner as runner
 
     seen = {}
@@ -90,10 +133,35 @@ def test_hooks_are_removed_even_when_interrupted(tmp_path, teachers, monkeypatch
     def stop(state):
         raise KeyboardInterrupt
 
+    recipe = tree(tmp_path / "run", teachers["cnn"], [{"loss": "hint"}])
+    if with_exits:
+        recipe["self_distill"] = SELF
     with pytest.raises(KeyboardInterrupt):
-        run(tree(tmp_path / "run", teachers["cnn"], [{"loss": "hint"}]), on_step=stop)
+        run(recipe, on_step=stop)
     features = seen["distiller"].features
     assert not features.module.taps.attached and not features.teacher_taps.attached
+    assert (seen["distiller"].self_distill is not None) == with_exits
+    heads = seen["distiller"].heads
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in heads.student.modules())
+
+
+def test_hooks_are_removed_when_the_run_fails_before_its_first_step(tmp_path, teachers, monkeypatch):
+    import distill.runner as runner
+
+    seen = {}
+    original = runner.Distiller
+
+    def spy(*args, **kwargs):
+        seen["distiller"] = original(*args, **kwargs)
+        return seen["distiller"]
+
+    monkeypatch.setattr(runner, "Distiller", spy)
+    monkeypatch.setattr(runner, "make_loader", lambda *args, **kwargs: (_ for _ in ()).throw(ValueError("no data")))
+    with pytest.raises(RecipeError, match="no data"):
+        run(combined(tmp_path / "run", teachers["cnn"]))
+    distiller = seen["distiller"]
+    assert not any(m._forward_hooks or m._forward_pre_hooks
+                   for m in [*distiller.heads.student.modules(), *distiller.teacher.modules()])
 
 
 def test_feature_recipe_refusals(tmp_path, teachers):

@@ -54,5 +54,8 @@ def test_self_distilled_run_resumes_exactly(tmp_path):
 def test_self_distill_refusals(tmp_path):
     with pytest.raises(RecipeError, match=r"field 'self_distill': the student has a single stage"):
         run(make_recipe(tmp_path / "a", self_distill=SELF))  # hidden [16]: one stage
-    with pytest.raises(RecipeError, match="use one of them"):
-        recipe(tmp_path / "b", teacher=tmp_path / "t.safetensors", features=[{"loss": "hint"}])
+    with pytest.raises(RecipeError, match="'teacher' is not set"):  # features need a teacher; exits do not
+        recipe(tmp_path / "b", features=[{"loss": "hint"}])
+    # with a teacher, features and self-distillation are one run (tests/training/test_feature_training.py)
+    both = recipe(tmp_path / "c", teacher=tmp_path / "t.safetensors", features=[{"loss": "hint"}])
+    assert both.features and both.self_distill is not None

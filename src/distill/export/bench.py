@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from distill.artifacts import load_model, refuse_code_named_by_file
-from distill.export.runtime import EagerRunner, ExecuTorchRunner, OrtRunner, latency, run_batched
+from distill.export.runtime import EagerRunner, latency, run_batched
 from distill.export.source import ExportError, file_sha256, load_student
+from distill.export.targets import TARGETS, Target
 
 # the card fields bench reads: (path of keys, type)
 CARD_FIELDS: tuple[tuple[tuple[str, ...], type | tuple[type, ...]], ...] = (
@@ -95,8 +96,9 @@ def check_source(card: dict[str, Any], folder: Path) -> Path:
 def check_artifact(folder: Path, card: dict[str, Any]) -> None:
     """Refuse a variant whose artifact files are missing or differ from the sha256 its card recorded."""
     names = [card["artifact"]["file"]]
-    if card["target"] == "mobile":
-        names += list((card["runtime"].get("programs") or {}).values())
+    programs = card["runtime"].get("programs")  # static shapes: one file per batch size (mobile)
+    if isinstance(programs, dict):
+        names += list(programs.values())
     for name in names:
         if not isinstance(name, str) or not name or Path(name).name != name:
             raise ExportError(f"{folder / 'card.json'} names the artifact {name!r}, which is not a file name inside "
@@ -111,16 +113,21 @@ def check_artifact(folder: Path, card: dict[str, Any]) -> None:
                           "artifact); re-export the variant")
 
 
+def target_of(folder: Path, card: dict[str, Any]) -> Target:
+    """The registered target a variant's card names (its ``load`` runs the artifact); else ExportError."""
+    if card["target"] not in TARGETS:
+        raise ExportError(f"{folder / 'card.json'} names the target {card['target']!r}, which is not a registered "
+                          f"export target (registered: {', '.join(TARGETS.names())}); register it before benching, "
+                          "or re-export the variant")
+    return TARGETS.get(card["target"])
+
+
 def runner_for(folder: Path, card: dict[str, Any], threads: int):
-    """The runtime runner of one variant; a runtime that cannot load it raises ExportError naming the folder."""
+    """The runtime runner of one variant (its target's ``load``); a runtime that cannot load it raises
+    ExportError naming the folder."""
+    target = target_of(folder, card)
     try:
-        if card["target"] == "mobile":
-            programs = card["runtime"].get("programs")
-            if not isinstance(programs, dict) or not programs:
-                raise ExportError(f"{folder / 'card.json'}: a mobile card needs runtime.programs (batch -> .pte file); "
-                                  "re-export the variant")
-            return ExecuTorchRunner({int(b): folder / name for b, name in programs.items()}, threads)
-        return OrtRunner(folder / card["artifact"]["file"], threads)
+        return target.load(folder, card, threads)
     except ExportError:
         raise
     except Exception as exc:  # runtimes raise their own exception types (onnxruntime's derive from Exception)
@@ -146,6 +153,7 @@ def bench(export_dir: Path, *, teacher: Path | None = None, threads: int = 1, re
         if card["source"]["sha256"] != source["sha256"]:
             raise ExportError(f"{folder} was exported from another checkpoint ({card['source']['checkpoint']}) than "
                               f"{folders[0]}; bench one student's export folder at a time")
+        target_of(folder, card)
         check_artifact(folder, card)
     checkpoint = check_source(first, folders[0])
     from distill.data import DATASETS

@@ -7,7 +7,7 @@ card is not the GPU's). Conversion: onnxconverter-common's ``convert_float_to_fl
 """
 from __future__ import annotations
 
-from distill.export.source import ExportError, require
+from distill.export.errors import ExportError, require
 
 
 def to_fp16(proto):

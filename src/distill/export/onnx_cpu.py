@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -211,3 +212,42 @@ def to_matmulnbits(model: nn.Module, input_shape: tuple[int, ...], bits: int, so
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.checker.check_model(proto)
     return proto, sorted(replaced)
+
+
+WRITTEN_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "int4", "int2")
+
+
+def runtime_facts() -> dict:
+    """The card's ``runtime`` name and version for a variant run by onnxruntime."""
+    onnxruntime = require("onnxruntime", "export", "running ONNX variants")
+    return {"name": "onnxruntime", "version": onnxruntime.__version__}
+
+
+def write_variant(context, precision: str, path: Path) -> dict:
+    """Write the ``precision`` ONNX variant of ``context``'s student (an
+    :class:`~distill.export.targets.ExportContext`) to ``path``; returns its runtime facts.
+
+    ``fp32`` is the shared fp32 graph; ``int8-dynamic`` / ``int8-static`` quantize it (static: on
+    ``options.calibration_samples`` training inputs); ``int4`` / ``int2`` write the student's own
+    codes as ``MatMulNBits`` (refused for a student without them).
+    """
+    student, runtime = context.student, {}
+    if precision == "fp32":
+        save(context.fp32_proto, path)
+    elif precision in ("int8-dynamic", "int8-static"):
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32_path = save(context.fp32_proto, Path(tmp) / "fp32.onnx")
+            if precision == "int8-dynamic":
+                quantize_int8_dynamic(fp32_path, path)
+            else:
+                calibration = student.calibration_inputs(context.options.calibration_samples)
+                quantize_int8_static(fp32_path, path, calibration)
+                runtime["calibration"] = f"{len(calibration)} {student.data_name} training samples, min/max"
+    elif precision in ("int4", "int2"):
+        proto, layers = to_matmulnbits(student.model, student.input_shape, int(precision[3:]), str(student.checkpoint))
+        save(proto, path)
+        runtime["matmulnbits_layers"] = layers
+    else:
+        raise ExportError(f"ONNX precision {precision!r} is not written here; valid: {', '.join(WRITTEN_PRECISIONS)}")
+    runtime.update(runtime_facts())
+    return runtime

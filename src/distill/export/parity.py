@@ -17,8 +17,10 @@ The user lowers (or raises) the bar explicitly with ``--tolerance`` / ``--min-ag
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ DEFAULT_TOLERANCES = {
 
 def parity(variant_logits: np.ndarray, reference_logits: np.ndarray, tolerance: Tolerance) -> dict:
     """Max |diff|, mean |diff| and top-1 agreement of (N, K) logits, and whether they pass ``tolerance``."""
+    import numpy as np  # here, not at the top: the target registry imports this module for its tolerances
+
     variant_logits = np.asarray(variant_logits, dtype=np.float32)
     reference_logits = np.asarray(reference_logits, dtype=np.float32)
     if variant_logits.shape != reference_logits.shape:

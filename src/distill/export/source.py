@@ -20,27 +20,8 @@ from torch import nn
 
 from distill.artifacts import METADATA_KEY, ArtifactError, UntrustedCodeError, load_model, nonfinite_tensors
 from distill.artifacts import refuse_code_named_by_file
+from distill.export.errors import ExportError, MissingRuntimeError, require  # noqa: F401 (re-exported)
 from distill.models.utils import set_module
-
-
-class ExportError(ValueError):
-    """Input an export cannot use; the message names the file, operator or extra and what would work."""
-
-
-class MissingRuntimeError(ExportError):
-    """An optional runtime is not installed; the message names the pip extra."""
-
-
-def require(module: str, extra: str, purpose: str):
-    """Import ``module`` or fail naming the extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingRuntimeError(
-            f"{purpose} needs the Python package '{module.split('.')[0]}', which is not installed ({exc}); "
-            f"install the extra: pip install 'distill[{extra}]'") from exc
 
 
 @dataclass

@@ -14,7 +14,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from distill.export.source import MissingRuntimeError
+from distill.export.errors import MissingRuntimeError
 
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
 REPO_ROOT = Path(__file__).resolve().parents[3]

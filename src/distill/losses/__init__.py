@@ -34,6 +34,7 @@ from distill.losses.features import (
 from distill.losses.logits import (
     REDUCTIONS,
     SPARSE_TEACHER_LOSSES,
+    cosine_distance,
     cross_entropy,
     dist,
     dkd,
@@ -57,6 +58,7 @@ LOGIT_LOSSES: dict[str, Callable] = {
     "dkd": dkd,
     "dist": dist,
     "mse": mse,
+    "cosine_distance": cosine_distance,
     "cross_entropy": cross_entropy,
 }
 

@@ -390,6 +390,21 @@ def mse(student_logits: Tensor, teacher_logits: Tensor | None = None, target: Te
     return _reduce((student - teacher).square().mean(-1), mask, reduction)
 
 
+def cosine_distance(student_logits: Tensor, teacher_logits: Tensor | None = None, target: Tensor | None = None, *,
+                    mask: Tensor | None = None, reduction: str = "mean", temperature: float = 1.0) -> Tensor:
+    """Cosine distance of output vectors, ``1 - cos(z_s, z_t)`` per position (in [0, 2]).
+
+    For sentence embeddings (the ``embedding`` task: the student's embedding matches the teacher's
+    direction, as in Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings Multilingual
+    using Knowledge Distillation", arXiv 2004.09813, which uses MSE; cosine ignores the norm).
+    Temperature has no effect (validated only). Vectors of different widths need a projection first.
+    Shapes: ``(..., D)`` each; result scalar, or ``(...)`` for ``reduction="none"``.
+    """
+    student, teacher, _, mask = _prepare("cosine_distance", student_logits, teacher_logits, None, mask, reduction,
+                                         temperature, needs=("teacher",))
+    return _reduce(1.0 - F.cosine_similarity(student, teacher, dim=-1, eps=1e-8), mask, reduction)
+
+
 def cross_entropy(student_logits: Tensor, teacher_logits: Tensor | None = None, target: Tensor | None = None,
                   *, mask: Tensor | None = None, reduction: str = "mean", temperature: float = 1.0,
                   label_smoothing: float = 0.0) -> Tensor:

@@ -13,12 +13,18 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("agreement", "agreement w/ teacher", "{:.2%}"),
     ("kl_to_teacher", "KL to teacher", "{:.4f}"),
     ("ece", "ECE", "{:.4f}"),
+    ("cosine_to_teacher", "cosine to teacher", "{:.4f}"),
+    ("perplexity", "perplexity", "{:.3f}"),
     ("parameters", "parameters", "{:,}"),
     ("file_bytes", "size on disk", "{}"),
     ("quantized_bytes", "quantized size", "{}"),
     ("latency_b1_ms", "latency b=1 (ms/sample)", "{:.4f}"),
     ("latency_b64_ms", "latency b=64 (ms/sample)", "{:.5f}"),
 ]
+
+
+# what the held-out curve shows, first found: classification, then embedding and token tasks
+HELD_OUT_KEYS = ("accuracy", "cosine_to_teacher", "agreement", "kl_to_teacher")
 
 
 def human_bytes(num: float) -> str:
@@ -61,6 +67,7 @@ def plot_curves(metrics_files: dict[str, Path], out: Path) -> Path | None:
     except ImportError:
         return None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    shown = "accuracy"  # the held-out number plotted: accuracy, else the task's closeness to the teacher
     for name, path in metrics_files.items():
         if not Path(path).is_file():
             continue
@@ -69,10 +76,12 @@ def plot_curves(metrics_files: dict[str, Path], out: Path) -> Path | None:
         test = [r for r in records if r.get("split") == "test"]
         if train:
             ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
-        if test:
-            ax_acc.plot([r["step"] for r in test], [r["accuracy"] for r in test], marker="o", label=name)
+        keys = [key for key in HELD_OUT_KEYS if test and all(key in r for r in test)]
+        if keys:
+            shown = keys[0]
+            ax_acc.plot([r["step"] for r in test], [r[shown] for r in test], marker="o", label=name)
     ax_loss.set(xlabel="optimiser step", ylabel="training objective", title="training loss", yscale="log")
-    ax_acc.set(xlabel="optimiser step", ylabel="test accuracy", title="test accuracy")
+    ax_acc.set(xlabel="optimiser step", ylabel=f"held-out {shown.replace('_', ' ')}", title=f"held-out {shown.replace('_', ' ')}")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -88,7 +97,11 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
     """``report.md`` of one run: what ran, the numbers, the curve."""
     run_dir = Path(run_dir)
     plot = plot_curves({recipe.name: run_dir / "metrics.jsonl"}, run_dir / "curves.png")
-    headers, cells = metrics_rows([(recipe.name, metrics)])
+    rows = [(recipe.name, metrics)]
+    if isinstance(metrics.get("teacher_metrics"), dict):  # the teacher, scored on the same held-out data
+        teacher_row = metrics["teacher_metrics"]
+        rows.insert(0, (f"teacher ({teacher_row.get('description', 'teacher')})", teacher_row))
+    headers, cells = metrics_rows(rows)
     losses = ", ".join(f"{t.weight} x {t.name}" + (f" (T={t.temperature})" if t.temperature != 1 else "") for t in recipe.losses)
     teacher = "none" if recipe.teacher is None else recipe.teacher.describe()
     student = recipe.student.model or recipe.student.checkpoint

@@ -108,6 +108,30 @@ def _nonfinite_causes(distiller: Distiller, batch: dict[str, torch.Tensor], out:
     return "; ".join(parts)
 
 
+def with_token_normaliser(batches, task, grad_accum: int, accelerator: Accelerator, micro: int):
+    """``batches`` with ``batch["token_normaliser"]`` set for a token-level task: the valid tokens of
+    the whole optimiser step (its ``grad_accum`` micro-batches, summed over every process) divided by
+    ``grad_accum x processes`` (see :mod:`distill.tasks.token`). Looks ahead one step's micro-batches.
+    ``micro``: micro-batches done so far (a resumed run starts on a step boundary). Exact within an
+    epoch; a step that spans the end of an epoch is normalised by the part in each epoch."""
+    import itertools
+
+    iterator = iter(batches)
+    need = grad_accum - micro % grad_accum
+    while True:
+        window = list(itertools.islice(iterator, need))
+        if not window:
+            return
+        count = torch.tensor([float(sum(task.count(batch) for batch in window))], device=accelerator.device)
+        if accelerator.num_processes > 1:
+            count = accelerator.reduce(count, reduction="sum")
+        normaliser = (count[0] / (grad_accum * accelerator.num_processes)).clamp(min=1e-6)
+        for batch in window:
+            batch["token_normaliser"] = normaliser
+            yield batch
+        need = grad_accum
+
+
 class StopTraining(Exception):
     """Raised by an ``on_step`` callback to end training early: the loop checkpoints the step
     just done and re-raises, so the run resumes exactly from there (``--resume``)."""
@@ -204,8 +228,13 @@ def train(
     student.train()
     window_start, window_samples = time.perf_counter(), 0
     done = state.step >= total_steps
+    task = getattr(distiller, "task", None)
     while not done:
-        for batch in loader.epoch_batches(state.epoch, state.batch):
+        batches = loader.epoch_batches(state.epoch, state.batch)
+        if task is not None and task.token_level:  # losses divide by the step's global count of valid tokens
+            batches = with_token_normaliser((to_device(b, accelerator.device) for b in batches), task,
+                                            spec.grad_accum, accelerator, state.micro)
+        for batch in batches:
             batch = to_device(batch, accelerator.device, non_blocking=True)
             with accelerator.accumulate(student):
                 with accelerator.autocast():
