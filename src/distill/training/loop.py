@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from distill.core.io import batch_size_of, to_device
 from distill.distiller import Distiller
 from distill.safety import NonFiniteError
-from distill.recipe import TrainSpec
 from distill.training.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from distill.training.sharding import (
     full_model_state,
@@ -31,6 +30,27 @@ from distill.training.sharding import (
     load_full_optimizer_state,
     optimizer_state_for,
 )
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the loop needs to know about training, as a plain dataclass (the recipe's ``train:``
+    section, or any object with these attributes, converts with :meth:`of`)."""
+
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = at the end only
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    eval_every_epoch: bool = True
+    skip_nonfinite: int = 0  # micro-batches with a NaN / inf loss skipped before the run stops
+
+    @classmethod
+    def of(cls, spec: Any) -> "LoopConfig":
+        """A LoopConfig from ``spec`` (a LoopConfig, or e.g. the recipe's TrainSpec)."""
+        if isinstance(spec, cls):
+            return spec
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls) if hasattr(spec, f.name)})
 
 
 class MetricsLog:
@@ -142,7 +162,7 @@ def train(
     loader,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    spec: TrainSpec,
+    spec: LoopConfig | Any,
     *,
     accelerator: Accelerator,
     run_dir: Path,
@@ -163,6 +183,7 @@ def train(
     exception propagates with the last periodic checkpoint left as it was). Returns the
     final counters.
     """
+    spec = LoopConfig.of(spec)  # plain values from here on (a recipe's train: section converts)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from distill.recipe import OptimizerSpec, ScheduleSpec
+if TYPE_CHECKING:  # any object with these fields works (the recipe's sections, a dataclass): no import of recipe
+    from distill.recipe import OptimizerSpec, ScheduleSpec
 
 
 def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *,
