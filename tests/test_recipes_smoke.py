@@ -36,11 +36,11 @@ def test_recipe_validates_and_names_its_command(path):
     assert first.startswith(f"# distill run recipes/{path.name}"), f"{path.name} should open with the command that runs it"
 
 
-def _small_test_split(name, split, root=None, cache_dir=None):
+def _small_test_split(name, split, root=None, cache_dir=None, **params):
     """The run's data, with the test split cut to 1000 samples: a CNN teacher evaluated on
     all 10k Fashion-MNIST test images takes ~7 s on one busy core, and a smoke run checks
     that the recipe runs, not its numbers."""
-    dataset = build_dataset(name, split, root=root, cache_dir=cache_dir)
+    dataset = build_dataset(name, split, root=root, cache_dir=cache_dir, **params)
     return dataset.subset(1000, seed=0) if split == "test" and len(dataset) > 1000 else dataset
 
 

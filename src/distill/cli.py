@@ -142,7 +142,7 @@ def cache(
 ) -> None:
     """Run the teacher once over the training data and store its outputs (teacher.cache)."""
     from distill.recipe import check_files, load_recipe
-    from distill.runner import build_teacher, load_data, set_threads, teacher_cache
+    from distill.runner import build_teacher, load_data, model_input_shape, set_threads, teacher_cache
 
     try:
         loaded = load_recipe(recipe, overrides or [])
@@ -154,7 +154,7 @@ def cache(
                   "teacher: {checkpoint: ..., cache: {path: runs/cache/teacher, k: 8}}")
         set_threads(loaded.train.threads)
         train_set, _ = load_data(loaded)
-        teacher = build_teacher(loaded, tuple(train_set.input_shape), train_set.num_classes)
+        teacher = build_teacher(loaded, model_input_shape(train_set), train_set.num_classes)
         built = teacher_cache(loaded, teacher, train_set, progress=progress, overwrite=overwrite)
     except _user_errors() as exc:
         _fail(str(exc))

@@ -368,11 +368,20 @@ class RunObjects:
     quantized: bool = False  # the recipe's ``quantize`` is applied already
 
 
+def model_input_shape(data: Any) -> tuple[int, ...]:
+    """The per-sample input shape a model is built for: (C, H, W) of images, (L,) of token ids
+    (the ``input_ids`` of dict inputs, else their first tensor)."""
+    shape = data.input_shape
+    if isinstance(shape, dict):
+        shape = shape.get("input_ids", next(iter(shape.values())))
+    return tuple(shape)
+
+
 def build_objects(recipe: Recipe, accelerator: Accelerator) -> RunObjects:
     """The recipe's data, student and teacher (seeded by the caller: the student's initial weights
     are drawn here)."""
     train_set, test_set = load_data(recipe)
-    shape, classes = tuple(train_set.input_shape), train_set.num_classes
+    shape, classes = model_input_shape(train_set), train_set.num_classes
     if recipe.student.checkpoint is not None and is_packed_file(recipe.student.checkpoint):
         raise RecipeError(f"field 'student.checkpoint': {recipe.student.checkpoint} is a packed quantized model, which "
                           "cannot be trained; give the run's model.safetensors (fake-quantized) or a float model")

@@ -173,3 +173,19 @@ def test_ag_news_training_set():
     assert data.fingerprint() == text_classification_data(path, max_length=64, classes=path.parent / "classes.txt").fingerprint()
     loader = TensorLoader(data, 256, seed=0)
     assert len(loader) == 24 and next(iter(loader.epoch_batches(0)))["input"]["attention_mask"].shape == (256, 64)
+
+
+def test_registered_text_classification_splits_share_the_training_vocabulary(tmp_path):
+    from distill.data import build_dataset
+
+    root = require_shared("ag_news", "train.csv").parent
+    train = build_dataset("text_classification", "train", root=root, classes="classes.txt", max_length=32)
+    test = build_dataset("text_classification", "test", root=root, classes="classes.txt", max_length=32)
+    assert len(train) == 5990 and len(test) == 7600 and test.classes == ["World", "Sports", "Business", "Sci/Tech"]
+    assert train.tokenizer.encode(["Stocks fell"], 32)["input_ids"].tolist() == \
+        test.tokenizer.encode(["Stocks fell"], 32)["input_ids"].tolist()  # one vocabulary, from train.csv
+    assert int(test.inputs["input_ids"].max()) < 30000
+    with pytest.raises(ValueError, match="has no parameter 'max_lenght'"):
+        build_dataset("text_classification", "train", root=root, max_lenght=32)
+    with pytest.raises(FileNotFoundError, match="nope.csv does not exist"):
+        build_dataset("text_classification", "train", root=root, train_file="nope.csv")

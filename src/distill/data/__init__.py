@@ -71,7 +71,9 @@ from .sources import (  # noqa: E402
     to_batch,
     to_example,
 )
-from .text import TextFileError, WordVocab, read_text_classification, text_classification_data  # noqa: E402
+from .text import TextFileError, WordVocab, read_text_classification, text_classification, text_classification_data  # noqa: E402,E501
+
+DATASETS.register("text_classification", text_classification)
 
 __all__ += [
     "Batch",

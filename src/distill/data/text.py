@@ -431,3 +431,32 @@ __all__ = [
     "read_text_classification",
     "text_classification_data",
 ]
+
+
+def text_classification(split: str, root: str | Path | None = None, cache_dir: str | Path | None = None, *,
+                        train_file: str = "train.csv", test_file: str = "test.csv", text_column: str = "text",
+                        label_column: str = "label", classes: str | None = None, max_length: int = 128,
+                        max_vocab: int = 30000, min_freq: int = 1) -> TensorData:
+    """The registered ``text_classification`` data set: ``root/train_file`` / ``root/test_file``
+    (CSV / TSV / JSONL, see :func:`read_text_classification`) as token ids of a :class:`WordVocab`
+    built from the training file (both splits share it; ids < ``max_vocab``, 0 = padding), so a
+    recipe reads e.g. AG News with ``data: {name: text_classification, root: ../shared/data/ag_news,
+    params: {classes: classes.txt}}`` and a ``token_cnn`` student with ``vocab_size: 30000``.
+    ``classes``: a file in ``root`` with one class name a line (else from the labels).
+    """
+    from .datasets import _check_split, _require_root
+
+    _check_split("text_classification", split)
+    folder = _require_root("text_classification", root, "ag_news", f"{train_file} and {test_file}")
+    for name in (train_file, test_file):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"dataset 'text_classification': {folder / name} does not exist (params "
+                                    "train_file / test_file name the files in root)")
+    class_names = folder / classes if classes is not None else None
+    train_texts, _, _ = read_text_classification(folder / train_file, text_column=text_column,
+                                                 label_column=label_column, classes=class_names)
+    vocab = WordVocab.build(train_texts, max_size=max_vocab, min_freq=min_freq)
+    path = folder / (train_file if split == "train" else test_file)
+    return text_classification_data(path, tokenizer=vocab, max_length=max_length, text_column=text_column,
+                                    label_column=label_column, classes=class_names, name="text_classification",
+                                    split=split)
