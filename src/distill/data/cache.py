@@ -694,9 +694,11 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
     k, temperature, dtype, shard_size = config["k"], config["temperature"], config["dtype"], config["shard_size"]
     device = torch.device(device) if device is not None else _teacher_device(teacher)
     shapes = None if known is None else {"num_classes": known["num_classes"], "features": known["features"]}
-    captured: dict[str, Any] = {}
-    handles = [module.register_forward_hook(lambda module, args, output, name=name: captured.__setitem__(name, output))
-               for name, module in hooked.items()]
+    from distill.taps import Taps  # the one hook mechanism (features and quantization use it too)
+
+    module_paths = {id(module): path for path, module in teacher.named_modules()}
+    taps = Taps(teacher, {name: module_paths[id(module)] for name, module in hooked.items()}) if hooked else None
+    captured: dict[str, Any] = taps.values if taps is not None else {}  # cleared by the taps at each forward
     was_training = teacher.training
     teacher.eval()
     total = sum(min(shard_size, len(dataset) - shard * shard_size) for shard in shards)
@@ -710,7 +712,6 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
             try:
                 for begin in range(start, stop, batch_size):
                     end = min(begin + batch_size, stop)
-                    captured.clear()
                     with torch.inference_mode():
                         output = teacher(dataset.inputs[begin:end].to(device))
                     arrays = _batch_arrays(output, captured, hooked, k, temperature, dtype, end - begin,
@@ -759,8 +760,8 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
                     stale.unlink(missing_ok=True)
                 raise
     finally:
-        for handle in handles:
-            handle.remove()
+        if taps is not None:
+            taps.remove()
         teacher.train(was_training)
         bar.close()
     return {**shapes, "shards": new_shards}

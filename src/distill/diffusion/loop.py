@@ -36,10 +36,11 @@ def draw_batch(data: Tensor, batch_size: int, generator: torch.Generator) -> Ten
 
 
 def frozen(module: nn.Module) -> nn.Module:
-    """``module`` in eval mode with no parameter requiring grad (a teacher or an EMA target)."""
-    module.eval()
-    module.requires_grad_(False)
-    return module
+    """``module`` in eval mode with no parameter requiring grad (a teacher or an EMA target):
+    the one freeze helper, :func:`distill.core.teacher.freeze`."""
+    from distill.core.teacher import freeze
+
+    return freeze(module, f"the {type(module).__name__}")
 
 
 def fit(loss_fn: Callable[[int], Tensor], parameters: Iterable[nn.Parameter], num_steps: int, lr: float,
