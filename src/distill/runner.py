@@ -444,6 +444,84 @@ def make_loader(data: Any, recipe: Recipe, *, shuffle: bool, drop_last: bool, ra
                            seed=recipe.seed, rank=rank, world_size=world_size, augment=augment)
 
 
+def build_heads(recipe: Recipe, student: nn.Module, teacher: nn.Module | None, train_set: Any, classes: int | None,
+                device) -> tuple[Any, Any]:
+    """The recipe's feature terms (:class:`distill.intermediate.FeatureDistillation`) and exits
+    (:class:`distill.self_distill.SelfDistillation`) around ``student``, each None when not asked for;
+    shapes are probed on the first 16 training inputs. A refused section is a RecipeError naming it."""
+    from distill.core.io import to_device
+
+    features = None
+    if recipe.features:  # the student trains inside a wrapper that also holds the feature heads
+        from distill.intermediate import FeatureDistillation, FeatureTerm
+
+        sample = to_device(_first_inputs(train_set, 16), device)
+        try:
+            features = FeatureDistillation(
+                student, teacher, [FeatureTerm(**spec.model_dump()) for spec in recipe.features], sample, classes)
+        except ValueError as exc:
+            raise RecipeError(f"field 'features': {exc}") from None
+    self_distill = None
+    if recipe.self_distill is not None:  # exits on shallow layers, trained beside the student
+        from distill.self_distill import SelfDistillation
+
+        spec = recipe.self_distill
+        sample = to_device(_first_inputs(train_set, 16), device)
+        try:
+            self_distill = SelfDistillation(student, spec.layers, sample, classes, weight=spec.weight,
+                                            temperature=spec.temperature, label_weight=spec.label_weight, hidden=spec.hidden)
+        except ValueError as exc:
+            if features is not None:  # no hook outlives a refused recipe
+                features.remove()
+            raise RecipeError(f"field 'self_distill': {exc}") from None
+    return features, self_distill
+
+
+def count_steps(recipe: Recipe, loader: Any, train_set: Any, processes: int, rtn: bool) -> int:
+    """Optimiser steps of the run (``train.steps``, else epochs x batches / accumulation); a run that
+    would do none is refused with the numbers that make it zero."""
+    data = recipe.data
+    if recipe.train.steps is not None:
+        total_steps = recipe.train.steps
+    else:
+        total_steps = recipe.train.epochs * len(loader) // recipe.train.grad_accum
+    if not rtn and (total_steps == 0 or len(loader) == 0):
+        shares = f" x {processes} processes" if processes > 1 else ""
+        length = (f"train.steps {recipe.train.steps}" if recipe.train.steps is not None else
+                  f"train.epochs {recipe.train.epochs} x {len(loader)} batches / train.grad_accum "
+                  f"{recipe.train.grad_accum} = {total_steps} optimiser steps")
+        samples = getattr(loader, "num_samples", None) or (len(train_set) if hasattr(train_set, "__len__") else "?")
+        raise RecipeError(
+            f"this run would do no optimiser step: {samples} training samples / (data.batch_size "
+            f"{data.batch_size}{shares}), incomplete batches dropped = {len(loader)} batches per epoch; {length}. "
+            "Lower data.batch_size or train.grad_accum, raise train.epochs, or give more training data"
+        )
+    return total_steps
+
+
+def stored_teacher_outputs(recipe: Recipe, teacher: nn.Module, train_set: Any, outputs_of, accelerator: Accelerator,
+                           progress: bool):
+    """The teacher's outputs on every training sample when the recipe stores them (``precompute``: in
+    memory, (N, ...); ``cache``: the on-disk cache, built when missing), else None (a live teacher)."""
+    from distill.core.io import to_device
+
+    if recipe.teacher.precompute:
+        train_inputs, _ = _data_tensors(train_set, recipe.data.eval_batch_size)
+        return outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
+    if recipe.teacher.cache is None:
+        return None
+    if not isinstance(train_set, ArrayDataset):
+        raise RecipeError("field 'teacher.cache': the teacher-output cache stores one output per sample of an "
+                          f"in-memory data set; {type(train_set).__name__} is not one (use precompute)")
+    outputs = None
+    if accelerator.is_main_process:  # builds it when missing; refuses one that does not match
+        outputs = teacher_cache(recipe, teacher, train_set, progress=progress)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        outputs = teacher_cache(recipe, teacher, train_set, progress=False)
+    return outputs
+
+
 def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, threads: int, *, resume: bool,
                       progress: bool, on_step, measure_latency: bool, objects: RunObjects | None = None) -> RunResult:
     """The body of :func:`run_recipe` (and of :func:`distill.distil`), in a prepared and locked run folder."""
@@ -483,43 +561,10 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         teacher_test_logits = outputs_of(teacher, to_device(test_inputs, accelerator.device), "the teacher").cpu()
     teacher_outputs = None
     if teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
-        if recipe.teacher.precompute:
-            train_inputs, _ = _data_tensors(train_set, data.eval_batch_size)
-            teacher_outputs = outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
-        elif recipe.teacher.cache is not None:
-            if not isinstance(train_set, ArrayDataset):
-                raise RecipeError("field 'teacher.cache': the teacher-output cache stores one output per sample of an "
-                                  f"in-memory data set; {type(train_set).__name__} is not one (use precompute)")
-            if accelerator.is_main_process:  # builds it when missing; refuses one that does not match
-                teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=progress)
-            accelerator.wait_for_everyone()
-            if not accelerator.is_main_process:
-                teacher_outputs = teacher_cache(recipe, teacher, train_set, progress=False)
+        teacher_outputs = stored_teacher_outputs(recipe, teacher, train_set, outputs_of, accelerator, progress)
         if teacher_outputs is not None:
             teacher = None  # its outputs are all the loop needs: free its memory
-    features = None
-    if recipe.features:  # the student trains inside a wrapper that also holds the feature heads
-        from distill.intermediate import FeatureDistillation, FeatureTerm
-
-        sample = to_device(_first_inputs(train_set, 16), accelerator.device)
-        try:
-            features = FeatureDistillation(
-                student, teacher, [FeatureTerm(**spec.model_dump()) for spec in recipe.features], sample, classes)
-        except ValueError as exc:
-            raise RecipeError(f"field 'features': {exc}") from None
-    self_distill = None
-    if recipe.self_distill is not None:  # exits on shallow layers, trained beside the student
-        from distill.self_distill import SelfDistillation
-
-        spec = recipe.self_distill
-        sample = to_device(_first_inputs(train_set, 16), accelerator.device)
-        try:
-            self_distill = SelfDistillation(student, spec.layers, sample, classes, weight=spec.weight,
-                                            temperature=spec.temperature, label_weight=spec.label_weight, hidden=spec.hidden)
-        except ValueError as exc:
-            if features is not None:  # no hook outlives a refused recipe
-                features.remove()
-            raise RecipeError(f"field 'self_distill': {exc}") from None
+    features, self_distill = build_heads(recipe, student, teacher, train_set, classes, accelerator.device)
     try:  # with features and/or exits the student trains inside one wrapper holding every head (distiller.heads)
         distiller = Distiller(student, teacher, terms, teacher_outputs=teacher_outputs, features=features,
                               self_distill=self_distill, task=task)
@@ -540,21 +585,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         raise RecipeError("field 'teacher.precompute': stored teacher outputs are looked up by sample id, but "
                           f"{type(train_set).__name__} batches carry none; give a Dataset instead of a DataLoader")
     fsdp = recipe.train.strategy == "fsdp" and accelerator.num_processes > 1  # one process: nothing to shard
-    if recipe.train.steps is not None:
-        total_steps = recipe.train.steps
-    else:
-        total_steps = recipe.train.epochs * len(loader) // recipe.train.grad_accum
-    if not rtn and (total_steps == 0 or len(loader) == 0):
-        processes = f" x {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
-        length = (f"train.steps {recipe.train.steps}" if recipe.train.steps is not None else
-                  f"train.epochs {recipe.train.epochs} x {len(loader)} batches / train.grad_accum "
-                  f"{recipe.train.grad_accum} = {total_steps} optimiser steps")
-        samples = getattr(loader, "num_samples", None) or (len(train_set) if hasattr(train_set, "__len__") else "?")
-        raise RecipeError(
-            f"this run would do no optimiser step: {samples} training samples / (data.batch_size "
-            f"{data.batch_size}{processes}), incomplete batches dropped = {len(loader)} batches per epoch; {length}. "
-            "Lower data.batch_size or train.grad_accum, raise train.epochs, or give more training data"
-        )
+    total_steps = count_steps(recipe, loader, train_set, accelerator.num_processes, rtn)
     plain_copy: list[nn.Module] = []  # fsdp: the one unsharded student the gathered weights go into
     if fsdp:
         import copy
