@@ -242,3 +242,51 @@ def test_teacher_from_a_file(tmp_path, digits_teacher, kind):
     for key, tensor in runs["live"].model.state_dict().items():
         torch.testing.assert_close(runs["file"].model.state_dict()[key], tensor, rtol=1e-5, atol=1e-6)
     assert "state dict" in source.description or "TorchScript" in source.description
+
+
+def test_distil_resumes_exactly_and_reports_the_teacher(tmp_path, digits_teacher):
+    """The API's run folder is distill run's: checkpoints, exact resume, and a report with a teacher row."""
+    from distill.models import MLP
+    from distill.training.loop import StopTraining
+
+    teacher, _ = digits_teacher
+    train, test = digits_tensors()
+
+    def run(folder, **kwargs):
+        torch.manual_seed(0)
+        student = MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[16], dropout=0.1)  # dropout: RNG state matters
+        return distill.distil(teacher, student, train, eval=test, steps=24, checkpoint_every=6, lr=3e-3,
+                              output_dir=tmp_path / folder, progress=False, measure_latency=False, **kwargs)
+
+    whole = run("whole")
+
+    def stop(state):
+        if state.step == 10:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        run("parts", callbacks=[stop])
+    resumed = run("parts", resume=True)
+    assert resumed.state.step == 24
+    for key, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], tensor), key
+    report = (whole.run_dir / "report.md").read_text()
+    assert "| teacher (CNN) |" in report and whole.metrics["teacher_metrics"]["accuracy"] > 0.9
+    with pytest.raises(ValueError, match="another recipe"):  # a changed objective is refused on resume
+        run("parts", resume=True, losses=[{"name": "kl"}])
+
+
+def test_an_api_runs_recipe_yaml_records_it_but_cannot_rerun_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from distill.models import MLP
+
+    train, _ = digits_tensors()
+    result = distill.distil(None, MLP(input_shape=(1, 8, 8), num_classes=10, hidden=[8]), train, steps=2,
+                            output_dir=tmp_path / "run", progress=False, measure_latency=False)
+    recorded = (result.run_dir / "recipe.yaml").read_text()
+    assert "python:distill.models.mlp.MLP" in recorded and "steps: 2" in recorded
+    again = CliRunner().invoke(app, ["run", str(result.run_dir / "recipe.yaml"), "output_dir=" + str(tmp_path / "b"),
+                                     "--no-progress"])
+    assert again.exit_code == 2 and "stands for a Python object given to distill.distil()" in " ".join(again.output.split())
