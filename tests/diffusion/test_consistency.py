@@ -8,7 +8,7 @@ from torch import nn
 from distill.diffusion.consistency import (ConsistencyModel, boundary_scalings, consistency_distillation,
                                            consistency_sample, distance, edm_scalings, multistep_sigmas,
                                            teacher_step)
-from distill.diffusion.loop import ema_update
+from distill.diffusion.training import ema_update
 from distill.diffusion.samplers import Heun, sample
 from distill.diffusion.schedules import CosineSchedule
 from distill.diffusion.toy import OracleDenoiser

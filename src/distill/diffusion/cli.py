@@ -38,6 +38,32 @@ def _write_history(out: Path, record: dict) -> None:
     (out / "history.json").write_text(json.dumps(record, indent=2))
 
 
+def _main_process() -> bool:
+    """True in a plain run and in process 0 of a ``torchrun`` launch (the one that writes files)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """A run folder for training: refuse to start over a run's checkpoints unless told what to do."""
+    from distill.safety import FolderError, check_writable_dir, mark_owned, remove_owned
+    from distill.training.checkpoint import latest_checkpoint
+
+    check_writable_dir(out, "--out")
+    held = [p.parent for p in [out / "checkpoints", *sorted(out.glob("round_*/checkpoints"))] if latest_checkpoint(p)]
+    if resume and not held:
+        raise FileNotFoundError(f"--resume: {out} holds no checkpoint to continue; run without --resume to start")
+    if held and not resume:
+        if not overwrite:
+            raise FolderError(f"--out {out} holds a diffusion run (checkpoints in {', '.join(map(str, held))}); "
+                              "pass --resume to continue it, --overwrite to start again, or choose another --out")
+        if _main_process():
+            remove_owned(out, "--out")
+    if _main_process():
+        mark_owned(out, "diffusion run")
+
+
 @app.command("train-teacher")
 def train_teacher_command(
     data: str = typer.Option("digits", help="toy | digits | mnist"),
@@ -50,19 +76,26 @@ def train_teacher_command(
     root: Optional[Path] = typer.Option(None, help="MNIST IDX folder, e.g. ../shared/data/mnist"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1, help="torch threads (recorded)"),
+    resume: bool = typer.Option(False, "--resume", help="continue exactly from the last checkpoint in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start again over a run distill made in --out"),
+    checkpoint_every: int = typer.Option(0, help="optimiser steps between checkpoints (0: at the end only)"),
 ) -> None:
-    """Train a v-parameterised teacher (cosine schedule) on a data set."""
+    """Train a v-parameterised teacher (cosine schedule) on a data set; under torchrun, data-parallel."""
     from distill.diffusion.io import save_diffusion_model
     from distill.diffusion.pipeline import load_images, teacher_denoiser
     from distill.diffusion.teacher import train_teacher
 
     _setup(threads, seed)
     try:
+        _prepare_out(out, resume, overwrite)
         images, _ = load_images(data, "train", root)
         teacher, history = train_teacher(teacher_denoiser(data, tuple(images.shape[1:]), size, arch), images,
-                                         num_steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+                                         num_steps=steps, batch_size=batch_size, lr=lr, seed=seed, run_dir=out,
+                                         resume=resume, checkpoint_every=checkpoint_every)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    if not _main_process():
+        return
     path = save_diffusion_model(teacher, out / "teacher.safetensors", data=data, root=str(root) if root else None,
                                 num_steps=64)
     _write_history(out, {"command": "train-teacher", "threads": threads, "seed": seed, **history})
@@ -87,8 +120,12 @@ def distill_command(
     teacher_steps: int = typer.Option(64, help="regression: DDIM steps of the teacher's ODE"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(1),
+    resume: bool = typer.Option(False, "--resume", help="continue exactly from the last checkpoint in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start again over a run distill made in --out"),
+    checkpoint_every: int = typer.Option(0, help="optimiser steps between checkpoints (0: at the end only)"),
 ) -> None:
-    """Distil a teacher into a few-step student; writes student.safetensors (progressive: one per round)."""
+    """Distil a teacher into a few-step student; writes student.safetensors (progressive: one per round).
+    Under torchrun, data-parallel."""
     import torch
 
     from distill.diffusion.consistency import consistency_distillation
@@ -100,7 +137,9 @@ def distill_command(
     if method not in METHODS:
         _fail(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     _setup(threads, seed)
+    resumable = {"run_dir": out, "resume": resume, "checkpoint_every": checkpoint_every}
     try:
+        _prepare_out(out, resume, overwrite)
         model, spec = load_diffusion_model(teacher)
         if spec["kind"] != "denoiser":
             raise ValueError(f"{teacher} is a {spec['kind']} model; distil from a denoiser (train-teacher's output)")
@@ -109,7 +148,9 @@ def distill_command(
         if method == "progressive":
             students, history = progressive_distillation(model, images, start_steps=start_steps, end_steps=end_steps,
                                                          num_steps_per_round=steps, batch_size=batch_size, lr=lr,
-                                                         seed=seed)
+                                                         seed=seed, **resumable)
+            if not _main_process():
+                return
             for n, student in students.items():
                 save_diffusion_model(student, out / f"student_{n}steps.safetensors", num_steps=n, **extra)
             path = save_diffusion_model(students[end_steps], out / "student.safetensors", num_steps=end_steps, **extra)
@@ -117,14 +158,18 @@ def distill_command(
         elif method == "consistency":
             student, record = consistency_distillation(model, images, num_steps=steps, batch_size=batch_size, lr=lr,
                                                        num_grid_points=grid_points, mu=mu, solver=solver,
-                                                       kind=distance, seed=seed)
+                                                       kind=distance, seed=seed, **resumable)
+            if not _main_process():
+                return
             path = save_diffusion_model(student, out / "student.safetensors", num_steps=1, **extra)
         else:
             noise = torch.randn(pairs, *images.shape[1:], generator=torch.Generator().manual_seed(seed))
             student, record = regression_distillation(model, noise, teacher_steps=teacher_steps, num_steps=steps,
-                                                      batch_size=batch_size, lr=lr, seed=seed)
+                                                      batch_size=batch_size, lr=lr, seed=seed, **resumable)
+            if not _main_process():
+                return
             path = save_diffusion_model(student, out / "student.safetensors", num_steps=1, **extra)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # FolderError and NonFiniteError are ValueErrors
         _fail(str(exc))
     _write_history(out, {"command": "distill", "method": method, "teacher": str(teacher), "threads": threads,
                          "seed": seed, **record})

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.diffusion.denoiser import Denoiser, broadcast_to
-from distill.diffusion.loop import draw_batch, ema_update, fit, frozen
 from distill.diffusion.schedules import karras_grid
+from distill.diffusion.training import Objective, Trainee, train_objective
 
 DISTANCES = ("l2", "l1", "pseudo_huber")
 SOLVERS = ("heun", "ddim")
@@ -144,38 +144,59 @@ def consistency_sample(model: ConsistencyModel, noise: Tensor, num_steps: int = 
 
 
 def consistency_loss(student: ConsistencyModel, target: ConsistencyModel, teacher, x0: Tensor, noise: Tensor,
-                     index: Tensor, grid: Tensor, solver: str = "heun", kind: str = "l2") -> Tensor:
-    """Mean CD loss for per-sample grid indices ``index`` in 0..N-2 (pair sigma_index, sigma_index+1)."""
+                     index: Tensor, grid: Tensor, solver: str = "heun", kind: str = "l2", network=None) -> Tensor:
+    """Mean CD loss for per-sample grid indices ``index`` in 0..N-2 (pair sigma_index, sigma_index+1);
+    ``network(x, sigma)`` (default ``student``) computes the online f."""
     sigma, sigma_next = grid[index].to(x0.dtype), grid[index + 1].to(x0.dtype)
     x_next = x0 + broadcast_to(sigma_next, x0) * noise
     with torch.no_grad():
         x_hat = teacher_step(teacher, x_next, sigma_next, sigma, solver)
         goal = target(x_hat, sigma)
-    return distance(student(x_next, sigma_next), goal, kind).mean()
+    return distance((student if network is None else network)(x_next, sigma_next), goal, kind).mean()
+
+
+class ConsistencyObjective(Objective):
+    """:func:`consistency_loss` at grid indices ``n ~ U{0..N-2}``; the trainee (call ``"consistency"``)
+    holds the online model and, as its EMA copy, the target network theta-."""
+
+    def __init__(self, teacher, grid: Tensor, solver: str = "heun", kind: str = "l2") -> None:
+        super().__init__(teacher)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown teacher solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        if kind not in DISTANCES:
+            raise ValueError(f"unknown distance {kind!r}; valid: {', '.join(DISTANCES)}")
+        self.grid = grid
+        self.solver = solver
+        self.kind = kind
+
+    def loss(self, batch):
+        x0, draws = self.samples(batch)
+        index = draws.randint(0, len(self.grid) - 1, len(x0))
+        trainee = getattr(self.student, "module", self.student)  # the target network, past DDP's wrapper
+        return consistency_loss(trainee.online, trainee.ema, self.teacher, x0, draws.randn(x0.shape), index,
+                                self.grid.to(x0.device), self.solver, self.kind, network=self.student)
 
 
 def consistency_distillation(teacher: Denoiser, data: Tensor, *, num_steps: int = 2000, batch_size: int = 128,
                              lr: float = 1e-4, num_grid_points: int = 18, mu: float = 0.95, solver: str = "heun",
                              kind: str = "l2", sigma_data: float = 0.5, sigma_min: float = 0.002,
-                             sigma_max: float = 80.0, seed: int = 0, progress: bool | None = None
+                             sigma_max: float = 80.0, seed: int = 0, progress: bool | None = None,
+                             run_dir=None, resume: bool = False, checkpoint_every: int = 0
                              ) -> tuple[ConsistencyModel, dict]:
-    """Distil ``teacher`` into a consistency model started from it; returns (frozen target model, history).
+    """Distil ``teacher`` into a consistency model started from it, on the shared loop; returns
+    (frozen target model, history).
 
     The returned network is the EMA target theta- (the paper samples with it); with ``mu = 0``
-    it equals the online network."""
-    generator = torch.Generator().manual_seed(seed)
+    it equals the online network. ``run_dir`` / ``resume`` / ``checkpoint_every``: see
+    :func:`distill.diffusion.training.train_objective` (checkpoints hold both networks)."""
     student = ConsistencyModel(copy.deepcopy(teacher), sigma_data, sigma_min, sigma_max)
     student.train()
     student.requires_grad_(True)
-    target = frozen(copy.deepcopy(student))
+    trainee = Trainee(student, call="consistency", ema_decay=mu)
     grid = karras_grid(num_grid_points, sigma_min, sigma_max)
-
-    def loss_fn(step: int) -> Tensor:
-        x0 = draw_batch(data, batch_size, generator)
-        index = torch.randint(0, num_grid_points - 1, (batch_size,), generator=generator)
-        return consistency_loss(student, target, teacher, x0, torch.randn(x0.shape, generator=generator),
-                                index, grid, solver, kind)
-
-    losses, seconds = fit(loss_fn, student.parameters(), num_steps, lr, progress=progress, desc="consistency",
-                          after_step=lambda step: ema_update(target, student, mu))
-    return target, {"losses": losses, "seconds": seconds, "num_steps": num_steps}
+    history = train_objective(ConsistencyObjective(teacher, grid, solver, kind), trainee, data, num_steps=num_steps,
+                              batch_size=batch_size, lr=lr, seed=seed, progress=progress, run_dir=run_dir,
+                              resume=resume, checkpoint_every=checkpoint_every,
+                              fingerprint=f"consistency|{num_grid_points}|{mu}|{solver}|{kind}|{sigma_data}|"
+                                          f"{sigma_min}|{sigma_max}|{lr}|{batch_size}|{seed}")
+    return trainee.ema, history

@@ -12,24 +12,28 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from distill.diffusion.loop import fit, frozen
 from distill.diffusion.metrics import frechet_distance
+from distill.diffusion.training import Objective, Trainee, frozen, train_objective
 from distill.models import build_model
+
+
+class ClassifierObjective(Objective):
+    """Cross-entropy of the trainee's logits on ``{"input": images, "target": labels}`` batches."""
+
+    def loss(self, batch):
+        return F.cross_entropy(self.student(batch["input"]), batch["target"])
 
 
 def train_feature_net(images: Tensor, labels: Tensor, num_classes: int = 10, *, num_steps: int = 600,
                       batch_size: int = 128, lr: float = 3e-3, seed: int = 0, channels=(32, 64)) -> nn.Module:
-    """A CNN classifier trained on (images, labels); returned frozen."""
+    """A CNN classifier trained on (images, labels) on the shared loop; returned frozen."""
+    from distill.data.sources import TensorData
+
     torch.manual_seed(seed)
     net = build_model("cnn", input_shape=tuple(images.shape[1:]), num_classes=num_classes, channels=list(channels))
-    generator = torch.Generator().manual_seed(seed)
-
-    def loss_fn(step: int) -> Tensor:
-        rows = torch.randint(len(images), (batch_size,), generator=generator)
-        return F.cross_entropy(net(images[rows]), labels[rows])
-
     net.train()
-    fit(loss_fn, net.parameters(), num_steps, lr, progress=False, desc="feature classifier")
+    train_objective(ClassifierObjective(), Trainee(net), TensorData(images, labels, name="feature_net"),
+                    num_steps=num_steps, batch_size=batch_size, lr=lr, seed=seed, progress=False)
     return frozen(net)
 
 

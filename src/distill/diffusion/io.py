@@ -16,8 +16,8 @@ from torch import nn
 from distill.artifacts import load_state, read_metadata, save_model
 from distill.diffusion.consistency import ConsistencyModel
 from distill.diffusion.denoiser import Denoiser
-from distill.diffusion.loop import frozen
 from distill.diffusion.schedules import build_schedule
+from distill.diffusion.training import frozen
 from distill.models.unet import build_denoiser_net
 
 METADATA_KEY = "distill_diffusion"

@@ -16,8 +16,14 @@ import torch
 from torch import Tensor
 
 from distill.diffusion.denoiser import Denoiser
-from distill.diffusion.loop import fit, frozen
 from distill.diffusion.samplers import DDIM
+from distill.diffusion.training import (
+    Draws,
+    Objective,
+    Trainee,
+    frozen,
+    train_objective,
+)
 
 
 @torch.no_grad()
@@ -40,24 +46,42 @@ def ode_pairs(teacher, noise: Tensor, teacher_steps: int = 64, max_student_steps
     return torch.cat(states), sampler.timesteps[keep], torch.cat(endpoints)
 
 
+class RegressionObjective(Objective):
+    """Mean of ``(x_hat_student(z_t, t) - x_0(z))^2`` over a batch of ODE pairs, each at a random one
+    of the K kept times; batches are ``{"input": {"states": (B, K, ...), "endpoints": (B, ...)}}``."""
+
+    def __init__(self, times: Tensor) -> None:
+        super().__init__()
+        self.times = times
+
+    def loss(self, batch):
+        states, endpoints = batch["input"]["states"], batch["input"]["endpoints"]
+        draws = Draws(batch, states.device)
+        cols = draws.randint(0, len(self.times), len(states))
+        rows = torch.arange(len(states), device=states.device)
+        prediction = self.student(states[rows, cols], self.times.to(states.device)[cols])
+        return (prediction - endpoints).pow(2).mean()
+
+
 def regression_distillation(teacher: Denoiser, noise: Tensor, *, teacher_steps: int = 64, max_student_steps: int = 1,
                             num_steps: int = 2000, batch_size: int = 128, lr: float = 1e-4, seed: int = 0,
-                            progress: bool | None = None) -> tuple[Denoiser, dict]:
-    """Fit a copy of ``teacher`` to its ODE pairs from ``noise`` (M, ...); returns (frozen student, history)."""
+                            progress: bool | None = None, run_dir=None, resume: bool = False,
+                            checkpoint_every: int = 0) -> tuple[Denoiser, dict]:
+    """Fit a copy of ``teacher`` to its ODE pairs from ``noise`` (M, ...) on the shared loop; returns
+    (frozen student, history). The pairs are generated again on a resume (deterministic in ``noise``)."""
+    from distill.data.sources import TensorData
+
     start = time.perf_counter()
     states, times, endpoints = ode_pairs(teacher, noise, teacher_steps, max_student_steps)
     pairs_seconds = time.perf_counter() - start
-    generator = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(teacher)
     student.train()
     student.requires_grad_(True)
-
-    def loss_fn(step: int) -> Tensor:
-        rows = torch.randint(len(noise), (batch_size,), generator=generator)
-        cols = torch.randint(len(times), (batch_size,), generator=generator)
-        prediction = student.predict(states[rows, cols], times[cols])
-        return (prediction.x0 - endpoints[rows]).pow(2).mean()
-
-    losses, seconds = fit(loss_fn, student.parameters(), num_steps, lr, progress=progress, desc="regression")
-    return frozen(student), {"losses": losses, "seconds": seconds + pairs_seconds, "num_pairs": len(noise),
+    pairs = TensorData({"states": states, "endpoints": endpoints}, name="ode_pairs")
+    history = train_objective(RegressionObjective(times), Trainee(student, call="x0"), pairs, num_steps=num_steps,
+                              batch_size=batch_size, lr=lr, seed=seed, progress=progress, run_dir=run_dir,
+                              resume=resume, checkpoint_every=checkpoint_every,
+                              fingerprint=f"regression|{teacher_steps}|{max_student_steps}|{len(noise)}|{lr}|"
+                                          f"{batch_size}|{seed}")
+    return frozen(student), {**history, "seconds": history["seconds"] + pairs_seconds, "num_pairs": len(noise),
                              "pairs_seconds": pairs_seconds}

@@ -10,35 +10,45 @@ is what is returned, as usual for diffusion models.
 """
 from __future__ import annotations
 
-import copy
-
-import torch
 from torch import Tensor
 
 from distill.diffusion.denoiser import Denoiser, broadcast_to, from_x0_eps
-from distill.diffusion.loop import draw_batch, ema_update, fit, frozen
+from distill.diffusion.training import Objective, Trainee, train_objective
 
 
-def denoising_loss(denoiser: Denoiser, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+def denoising_loss(denoiser: Denoiser, x0: Tensor, noise: Tensor, t: Tensor, network=None) -> Tensor:
+    """Mean of ``(net(x_t, t) - target_t)^2``; ``network`` (default ``denoiser``) computes the raw output."""
     alpha, sigma = denoiser.schedule.alpha_sigma(t)
     x_t = broadcast_to(alpha, x0) * x0 + broadcast_to(sigma, x0) * noise
     target = from_x0_eps(x0, noise, alpha, sigma, denoiser.prediction)
-    return (denoiser(x_t, t) - target).pow(2).mean()
+    return ((denoiser if network is None else network)(x_t, t) - target).pow(2).mean()
+
+
+class TeacherObjective(Objective):
+    """The denoising loss at ``t ~ U(t_eps, 1)`` for a trainee around a :class:`Denoiser` (call ``"raw"``)."""
+
+    def __init__(self, denoiser: Denoiser, t_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.t_eps = t_eps
+
+    def loss(self, batch):
+        x0, draws = self.samples(batch)
+        t = self.t_eps + (1 - self.t_eps) * draws.rand(len(x0))
+        return denoising_loss(self.denoiser, x0, draws.randn(x0.shape), t, network=self.student)
 
 
 def train_teacher(denoiser: Denoiser, data: Tensor, *, num_steps: int = 2000, batch_size: int = 128,
                   lr: float = 2e-3, ema_decay: float = 0.995, seed: int = 0, t_eps: float = 1e-3,
-                  progress: bool | None = None) -> tuple[Denoiser, dict]:
-    """Train ``denoiser`` in place on ``data`` (N, ...); return (frozen EMA copy, history)."""
-    generator = torch.Generator().manual_seed(seed)
-    ema = frozen(copy.deepcopy(denoiser))
+                  progress: bool | None = None, run_dir=None, resume: bool = False,
+                  checkpoint_every: int = 0) -> tuple[Denoiser, dict]:
+    """Train ``denoiser`` in place on ``data`` (N, ...) on the shared loop; return (frozen EMA copy, history).
+
+    ``run_dir`` / ``resume`` / ``checkpoint_every``: see :func:`distill.diffusion.training.train_objective`."""
+    trainee = Trainee(denoiser, call="raw", ema_decay=ema_decay)
     denoiser.train()
-
-    def loss_fn(step: int) -> Tensor:
-        x0 = draw_batch(data, batch_size, generator)
-        t = t_eps + (1 - t_eps) * torch.rand(batch_size, generator=generator)
-        return denoising_loss(denoiser, x0, torch.randn(x0.shape, generator=generator), t)
-
-    losses, seconds = fit(loss_fn, denoiser.parameters(), num_steps, lr, desc="teacher",
-                          after_step=lambda step: ema_update(ema, denoiser, ema_decay), progress=progress)
-    return ema, {"losses": losses, "seconds": seconds, "num_steps": num_steps}
+    history = train_objective(TeacherObjective(denoiser, t_eps), trainee, data, num_steps=num_steps,
+                              batch_size=batch_size, lr=lr, seed=seed, progress=progress, run_dir=run_dir,
+                              resume=resume, checkpoint_every=checkpoint_every,
+                              fingerprint=f"teacher|{ema_decay}|{t_eps}|{lr}|{batch_size}|{seed}")
+    return trainee.ema, history

@@ -171,6 +171,7 @@ def train(
     fingerprint: str = "",
     evaluate_epoch: Callable[[int], dict[str, Any]] | None = None,
     on_step: Callable[[TrainState], None] | None = None,
+    after_step: Callable[[TrainState], None] | None = None,
     progress: bool = True,
 ) -> TrainState:
     """Train ``distiller.student`` for ``total_steps`` optimiser steps.
@@ -180,8 +181,10 @@ def train(
     must already be prepared by ``accelerator``. ``evaluate_epoch(epoch)`` returns metrics
     logged at each epoch end. ``on_step`` is called after every optimiser step (it may raise
     :class:`StopTraining`, which saves a checkpoint of that step, then propagates; any other
-    exception propagates with the last periodic checkpoint left as it was). Returns the
-    final counters.
+    exception propagates with the last periodic checkpoint left as it was). ``after_step`` is
+    part of the update itself (an EMA of the weights, say): it runs right after the optimiser
+    and schedule steps, before any logging or checkpoint, so a checkpoint holds its effect.
+    Returns the final counters.
     """
     spec = LoopConfig.of(spec)  # plain values from here on (a recipe's train: section converts)
     run_dir = Path(run_dir)
@@ -298,6 +301,8 @@ def train(
                 continue
             state.step += 1
             scheduler.step()
+            if after_step is not None:
+                after_step(state)
             bar.update(1)
             if (state.step % spec.log_every == 0 or state.step == total_steps) and running_count:
                 elapsed = time.perf_counter() - window_start
