@@ -112,6 +112,46 @@ def run(
         console.print(f"Run folder: {result.run_dir}")
 
 
+@app.command("fit")
+def fit_(
+    recipe: Path = typer.Argument(..., help="recipe YAML: its student names the family, its epochs the final budget"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=10"),
+    target: str = typer.Option("cpu", help="where candidates are timed: cpu (ONNX Runtime) | torch (eager)"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="budget: ms per batch of --batch on the target"),
+    max_bytes: Optional[int] = typer.Option(None, help="budget: bytes of the deployed file"),
+    batch: int = typer.Option(1, min=1, help="batch size the latency budget is for"),
+    threads: int = typer.Option(1, min=1, help="threads for timing and training"),
+    rungs: int = typer.Option(2, min=0, help="successive-halving rungs before the final training"),
+    eta: int = typer.Option(2, min=2, help="keep 1/eta of the candidates per rung"),
+    max_candidates: int = typer.Option(8, min=1, help="most candidates trained in the first rung"),
+    out: Optional[Path] = typer.Option(None, help="fit folder (default: <recipe output_dir>-fit)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a fit folder distill made"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Find the best student of the recipe's family within a latency / size budget, train it, export it."""
+    from distill.fitting import fit
+    from distill.recipe import load_recipe
+
+    try:
+        result = fit(load_recipe(recipe, overrides or []), target=target, max_latency_ms=max_latency_ms,
+                     max_bytes=max_bytes, batch=batch, threads=threads, rungs=rungs, eta=eta,
+                     max_candidates=max_candidates, output_dir=out, overwrite=overwrite, progress=progress,
+                     say=lambda message: console.print(message, highlight=False))
+    except _user_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"distill fit: {len(result.candidates)} candidates on {target}, batch {batch}",
+                  title_justify="left")
+    for column in ("candidate", "parameters", "ms / batch", "bytes", "stage", "validation", "test accuracy"):
+        table.add_column(column, justify="left" if column in ("candidate", "stage") else "right")
+    for candidate in sorted(result.candidates, key=lambda c: c.latency_ms):
+        table.add_row(("[bold green]" if candidate.chosen else "") + candidate.name, f"{candidate.parameters:,}",
+                      f"{candidate.latency_ms:.4f}", f"{candidate.bytes:,}", candidate.stage,
+                      f"{candidate.scores[-1]:.2%}" if candidate.scores else "-",
+                      f"{candidate.accuracy:.2%}" if candidate.accuracy is not None else "-")
+    console.print(table)
+    console.print(f"Fit folder: {result.fit_dir} (fit.json); winner run: {result.run.run_dir}", highlight=False)
+
+
 def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: bool) -> None:
     """Run ``distill run`` in ``num_processes`` processes through torchrun (PyTorch's launcher)."""
     import subprocess
