@@ -214,6 +214,7 @@ def distil(
     output_dir: str | Path = "runs/distil",
     name: str = "distil",
     checkpoint_every: int = 0,
+    tensorboard: bool = False,
     precompute_teacher: bool = False,
     threads: int | None = None,
     device: str = "auto",
@@ -249,6 +250,7 @@ def distil(
         epochs / steps: training length (optimiser steps win); default one epoch.
         batch_size, eval_batch_size, grad_accum, max_grad_norm, mixed_precision ("no", "bf16",
             "fp16"), skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
+        tensorboard: also write the metrics as TensorBoard scalars to ``<output_dir>/tensorboard``.
         output_dir: the run folder (refused when it holds another run, unless ``resume`` or
             ``overwrite``; ``overwrite`` replaces only a folder distill made).
         student_spec: how ``model.safetensors`` rebuilds the student (default: by name for a
@@ -291,7 +293,7 @@ def distil(
         "schedule": dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule, "warmup_steps": warmup_steps},
         "train": {"epochs": epochs, "steps": steps, "grad_accum": grad_accum, "max_grad_norm": max_grad_norm,
                   "mixed_precision": mixed_precision, "skip_nonfinite": skip_nonfinite, "threads": threads,
-                  "device": device, "checkpoint_every": checkpoint_every},
+                  "device": device, "checkpoint_every": checkpoint_every, "tensorboard": tensorboard},
         "quantize": quantize,
     }
     recipe = load_recipe(tree)  # every number validated as a recipe's: errors name the argument's field

@@ -308,6 +308,8 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     eval_every_epoch: bool = True
+    tensorboard: bool = Field(False, description="also log metrics to TensorBoard in <output_dir>/tensorboard "
+                              "(needs the tensorboard extra: pip install 'distill[tensorboard]')")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: cores / local processes, recorded)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU (gloo for several processes)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="several processes: ddp replicates the student, fsdp "
@@ -364,7 +366,8 @@ class QuantSpec(QuantConfig):
         return QuantConfig(**{name: getattr(self, name) for name in QuantConfig.model_fields})
 
 
-NOT_NUMERIC_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epoch", "strategy")
+NOT_NUMERIC_TRAIN_KEYS = ("threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epoch", "strategy",
+                          "tensorboard")
 
 
 class Recipe(_Strict):

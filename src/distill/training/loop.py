@@ -44,6 +44,7 @@ class LoopConfig:
     log_every: int = 50
     eval_every_epoch: bool = True
     skip_nonfinite: int = 0  # micro-batches with a NaN / inf loss skipped before the run stops
+    tensorboard: bool = False  # also write every metrics record to TensorBoard (<run_dir>/tensorboard)
 
     @classmethod
     def of(cls, spec: Any) -> "LoopConfig":
@@ -54,16 +55,38 @@ class LoopConfig:
 
 
 class MetricsLog:
-    """Append-only JSONL metrics file (one record per line)."""
+    """Append-only JSONL metrics file (one record per line), and optionally TensorBoard scalars.
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    ``tensorboard``: a folder for ``torch.utils.tensorboard.SummaryWriter``; every numeric field of a
+    record becomes the scalar ``<split>/<field>`` at the record's ``step``."""
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: Path | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ModuleNotFoundError(f"train.tensorboard needs the tensorboard package ({exc}): "
+                                          "pip install 'distill[tensorboard]'", name="tensorboard") from None
+            self.writer = SummaryWriter(log_dir=str(tensorboard))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if self.writer is not None:
+                split, step = record.get("split", "train"), int(record.get("step", 0))
+                for key, value in record.items():
+                    if key not in ("step", "epoch", "split") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.writer.add_scalar(f"{split}/{key}", value, step)
+                self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def truncate_after(self, step: int, epoch: int | None = None) -> None:
         """Drop the records a run resumed at (``step``, ``epoch``) writes again: those past
@@ -189,7 +212,8 @@ def train(
     spec = LoopConfig.of(spec)  # plain values from here on (a recipe's train: section converts)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process,
+                         tensorboard=run_dir / "tensorboard" if spec.tensorboard else None)
     student = distiller.student
     model = accelerator.unwrap_model(student)
     sharded = is_sharded(model)  # train.strategy fsdp: state is gathered by every process, written by one
@@ -343,4 +367,5 @@ def train(
                 state.batch = 0
     bar.close()
     checkpoint()
+    metrics.close()
     return state
