@@ -152,6 +152,44 @@ def fit_(
     console.print(f"Fit folder: {result.fit_dir} (fit.json); winner run: {result.run.run_dir}", highlight=False)
 
 
+@app.command("embed")
+def embed(
+    model: str = typer.Argument(..., help="'minilm' (the packaged all-MiniLM-L6-v2), a sentence-transformers folder, "
+                                "or a static student's folder (distill.models.static.save_static)"),
+    file: Path = typer.Argument(..., help="text file, one sentence a line (.gz read as gzip); empty lines are skipped"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .npy file to write: (N, D) float32, one row a sentence"),
+    batch_size: int = typer.Option(64, min=1, help="sentences per batch"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Write the embeddings of a file of sentences as a .npy array."""
+    import numpy as np
+    import torch
+
+    from distill.data.text import read_sentences
+    from distill.models.hf import encode, load_text_encoder, token_lengths
+
+    if out.suffix != ".npy":
+        _fail(f"--out {out}: give a .npy path (numpy's format, read back with numpy.load)")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        sentences, empty = read_sentences(file)
+        if not sentences:
+            raise ValueError(f"{file}: no sentences (only empty lines)")
+        encoder, tokenizer = load_text_encoder(model)
+        vectors = encode(encoder, tokenizer, sentences, batch_size=batch_size, progress=progress)
+        limit = getattr(encoder, "max_length", None)
+        truncated = int((token_lengths(encoder, tokenizer, sentences) > limit).sum()) if limit else 0
+    except _user_errors() as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, vectors)
+    console.print(f"{len(sentences):,} sentences -> {out} {vectors.shape} float32"
+                  + (f"; {empty} empty line{'s' if empty != 1 else ''} skipped" if empty else "")
+                  + (f"; {truncated} truncated at {limit} tokens" if truncated else ""), highlight=False)
+
+
 def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: bool) -> None:
     """Run ``distill run`` in ``num_processes`` processes through torchrun (PyTorch's launcher)."""
     import subprocess

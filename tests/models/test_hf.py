@@ -12,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared_data import minilm_folder, require_module, require_shared  # noqa: E402
+from tiny_text import tiny_folder  # noqa: E402
 
 from distill.models.hf import EncoderFolderError, SentenceEncoder, encode, pool, read_sts, token_lengths  # noqa: E402
 
@@ -54,29 +55,6 @@ def test_pooling_golden_values():
     torch.testing.assert_close(pool(hidden, mask, "mean_sqrt_len_tokens"), torch.tensor([[4.0, 8.0]]) / 2 ** 0.5)
     with pytest.raises(ValueError, match="unknown pooling mode 'sum'"):
         pool(hidden, mask, "sum")
-
-
-def tiny_folder(tmp_path: Path, *, modules=True) -> Path:
-    transformers = require_module("transformers", "Hugging Face encoders need the text extra")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog", "."]
-    folder = tmp_path / "tiny"
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(str(folder), safe_serialization=True)
-    if modules:
-        (folder / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-        (folder / "1_Pooling").mkdir()
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16,
-                                                                       "pooling_mode_mean_tokens": True}))
-        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16, "do_lower_case": False}))
-    return folder
 
 
 def test_a_tiny_folder_loads_and_pools_by_its_modules(tmp_path):

@@ -71,7 +71,8 @@ from .sources import (  # noqa: E402
     to_batch,
     to_example,
 )
-from .text import TextFileError, WordVocab, read_text_classification, text_classification, text_classification_data  # noqa: E402,E501
+from .text import TextFileError, WordVocab, read_sentences, read_text_classification, sentence_data  # noqa: E402
+from .text import text_classification, text_classification_data  # noqa: E402
 
 DATASETS.register("text_classification", text_classification)
 
@@ -88,7 +89,9 @@ __all__ += [
     "as_batch_source",
     "describe_data",
     "eval_batches",
+    "read_sentences",
     "read_text_classification",
+    "sentence_data",
     "text_classification_data",
     "to_batch",
     "to_example",

@@ -425,10 +425,51 @@ def text_classification_data(path: str | Path, *, tokenizer: Any = None, max_len
     return data
 
 
+def read_sentences(path: str | Path) -> tuple[list[str], int]:
+    """``(sentences, empty lines skipped)`` of a text file with one sentence a line (``.gz`` read as gzip).
+
+    Lines are stripped of their line ending and surrounding whitespace; empty ones are skipped and
+    counted. Bytes that are not UTF-8 raise :class:`TextFileError` naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a text file, one sentence a line)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    sentences, empty = [], 0
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise TextFileError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                    "re-encode the file as UTF-8") from None
+            if line:
+                sentences.append(line)
+            else:
+                empty += 1
+    return sentences, empty
+
+
+def sentence_data(sentences: Sequence[str], tokenizer: Any, *, max_length: int = 64, name: str = "sentences",
+                  split: str = "train") -> TensorData:
+    """Unlabelled sentences tokenised into TensorData ``{"input_ids", "attention_mask"} (N, L)``, ``L <= max_length``
+    (padded to the longest), for the ``embedding`` task (the teacher's embeddings are the targets).
+    ``num_truncated``: sentences longer than ``max_length`` tokens, cut."""
+    if not sentences:
+        raise ValueError(f"sentence_data {name!r}: no sentences")
+    encoded = tokenizer(list(sentences), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    inputs = {key: encoded[key].to(torch.int64) for key in ("input_ids", "attention_mask") if key in encoded}
+    data = TensorData(inputs, None, name=name, split=split)
+    data.num_truncated = _count_truncated(tokenizer, list(sentences), max_length)
+    data.tokenizer = tokenizer
+    return data
+
+
 __all__ = [
     "TextFileError",
     "WordVocab",
+    "read_sentences",
     "read_text_classification",
+    "sentence_data",
     "text_classification_data",
 ]
 

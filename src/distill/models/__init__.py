@@ -20,10 +20,11 @@ from distill.models.cnn import CNN  # noqa: E402  (the submodules register thems
 from distill.models.mlp import MLP  # noqa: E402
 from distill.models.resnet import ResNet  # noqa: E402
 from distill.models.utils import count_parameters, describe, model_bytes  # noqa: E402
+from distill.models.static import StaticEmbedding  # noqa: E402
 from distill.models.text import TokenCNN  # noqa: E402
 from distill.models.vit import ViT  # noqa: E402
 
-__all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "ViT", "TokenCNN", "count_parameters", "model_bytes", "describe"]
+__all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "ViT", "TokenCNN", "StaticEmbedding", "count_parameters", "model_bytes", "describe"]
 
 
 def _valid_params(factory) -> tuple[list[str], bool]:

