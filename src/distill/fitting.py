@@ -146,7 +146,7 @@ def candidates_for(model: str, params: dict[str, Any]) -> list[tuple[str, dict[s
 
 # ------------------------------------------------------------------------------------- measuring
 def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precision: str, *, batch: int = 1,
-            threads: int = 1, repeats: int = 30) -> tuple[float, int]:
+            threads: int = 1, repeats: int = 200) -> tuple[float, int]:
     """(median ms per batch of ``batch`` on ``target``, deployed bytes) of ``model`` (its weights do not matter).
 
     ``cpu``: the ONNX graph ``distill export --target cpu`` writes (fp32, or int8 dynamic), run by ONNX
@@ -159,7 +159,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precisi
         from distill.models.utils import model_bytes
 
         runner, size = EagerRunner(model, threads), int(model_bytes(model))
-        timing = latency(runner, sample, batch_sizes=(batch,), repeats=repeats, warmup=3, min_seconds=0.05)
+        timing = latency(runner, sample, batch_sizes=(batch,), repeats=repeats, warmup=20, min_seconds=0.2)
         return timing[f"b{batch}_ms"], size
     from distill.export import onnx_cpu
 
@@ -169,7 +169,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precisi
             path = onnx_cpu.quantize_int8_dynamic(path, Path(scratch) / "model.int8.onnx")
         size = path.stat().st_size
         runner = OrtRunner(path, threads)
-        timing = latency(runner, sample, batch_sizes=(batch,), repeats=repeats, warmup=3, min_seconds=0.05)
+        timing = latency(runner, sample, batch_sizes=(batch,), repeats=repeats, warmup=20, min_seconds=0.2)
     return timing[f"b{batch}_ms"], size
 
 
