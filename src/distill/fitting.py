@@ -227,7 +227,8 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
     its ``train.epochs`` the final budget); ``max_latency_ms``: per batch of ``batch`` on ``target``;
     ``max_bytes``: the deployed file; ``rungs`` / ``eta``: successive halving (``eta`` = 1/fraction
     kept per rung); ``max_candidates``: the most trained in the first rung (the largest that fit).
-    Writes ``<output_dir>/fit.json``, ``candidates/<name>/rung_k`` runs and the winner's run ``winner/``.
+    Writes ``<output_dir>/fit.json``, ``report.html`` (accuracy vs latency and size, the Pareto front),
+    ``candidates/<name>/rung_k`` runs and the winner's run ``winner/``.
     """
     from distill.recipe import Recipe, RecipeError, load_recipe
     from distill.runner import RunObjects, build_from_spec, build_teacher, load_data, model_input_shape, run_recipe
@@ -356,6 +357,12 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
         "seconds": time.perf_counter() - start,
     }
     (fit_dir / "fit.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+    try:  # the trade-off as a picture: fit_dir/report.html (matplotlib, the plots extra)
+        from distill.report.html import write_html_report
+
+        write_html_report([fit_dir], fit_dir / "report.html", title=f"distill fit: {recipe.name}")
+    except ImportError:
+        pass
     say(f"fit: {winner.name}: test accuracy {winner.accuracy:.2%}, {winner_latency:.4f} ms, {winner_bytes:,} bytes "
         f"-> {fit_dir / 'fit.json'}")
     return FitResult(winner, run, export_dir, measured, fit_dir, record)
