@@ -203,7 +203,7 @@ def report(
     target = out or (folders[0] / "report.html" if len(folders) == 1 else Path("report.html"))
     try:
         path = write_html_report(folders, target, title=title)
-    except _user_errors() as exc:
+    except (*_user_errors(), ModuleNotFoundError) as exc:
         _fail(str(exc))
     if len(folders) == 1 and path.parent.resolve() == folders[0].resolve():
         link_from_markdown(folders[0] / "report.md", path)

@@ -93,7 +93,11 @@ def _svg(figure) -> str:
 
 
 def _figure(title: str, xlabel: str, ylabel: str):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ModuleNotFoundError("the HTML report draws its plots with matplotlib: pip install 'distill[plots]'",
+                                  name="matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
