@@ -22,7 +22,7 @@ import torch
 from distill.export import onnx_cpu
 from distill.export.card import write_card
 from distill.export.parity import parity
-from distill.export.runtime import EagerRunner, latency, run_batched
+from distill.export.runtime import EagerRunner, as_numpy, latency, rows, run_batched
 from distill.export.source import ExportError, Student, file_sha256, packed_modules
 from distill.export.targets import TARGETS, Built, get_target  # noqa: F401 (TARGETS: re-exported)
 
@@ -54,6 +54,15 @@ class ExportOptions:
     command: str = ""
 
 
+def class_names(student: Student) -> list[str] | None:
+    """The class names the model file records (spec ``classes``), else ``"0" .. "K-1"``; None for an
+    embedding model."""
+    recorded = student.spec.get("classes")
+    if isinstance(recorded, list) and len(recorded) == student.num_classes:
+        return [str(name) for name in recorded]
+    return None if student.num_classes is None else [str(k) for k in range(student.num_classes)]
+
+
 def normalisation(inputs: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std) such that input = (pixel / 255 - mean) / std, read off the held-out data's
     range (its darkest pixel is 0, its brightest 255: true of every built-in dataset's test split)."""
@@ -72,22 +81,34 @@ class Exporter:
         torch.set_num_threads(options.threads)
         test = student.dataset("test")
         count = len(test) if options.samples is None else min(options.samples, len(test))
-        self.inputs, self.targets = test.inputs[:count], test.targets[:count]
-        self.classes = list(test.classes)
+        self.inputs = rows(test.inputs, 0, count)
+        self.targets = None if test.targets is None else test.targets[:count]
+        self.classes = list(test.classes) if test.classes is not None else class_names(student)
         eager = EagerRunner(student.model, options.threads)
         self.eager_logits = run_batched(eager, self.inputs)
-        self.eager_accuracy = float((self.eager_logits.argmax(-1) == self.targets.numpy()).mean())
-        self.sample = self.inputs[:1].numpy()
+        self.eager_accuracy = self._accuracy(self.eager_logits)
+        self.sample = rows(as_numpy(self.inputs), 0, 1)
         self.eager_latency = latency(eager, self.sample, repeats=options.latency_repeats)
         self._fp32_proto = None
-        mean, std = normalisation(test.inputs)
-        self.meta = {"name": f"{student.spec['model']} student ({student.data_name})",
-                     "input_shape": list(student.input_shape), "classes": self.classes, "mean": mean, "std": std}
+        if student.tokens is None:
+            mean, std = normalisation(test.inputs)
+            self.meta = {"name": f"{student.spec['model']} student ({student.data_name})",
+                         "input_shape": list(student.input_shape), "classes": self.classes, "mean": mean, "std": std}
+        else:
+            from distill.export.text import text_meta
+
+            self.meta = text_meta(student, self.classes)
+
+    def _accuracy(self, logits) -> float | None:
+        if self.targets is None or self.student.num_classes is None:
+            return None
+        return float((logits.argmax(-1) == self.targets.numpy()).mean())
 
     @property
     def fp32_proto(self):
         if self._fp32_proto is None:
-            self._fp32_proto = onnx_cpu.to_onnx(self.student.model, self.student.input_shape)
+            self._fp32_proto = onnx_cpu.to_onnx(self.student.model, self.student.input_shape, self.student.tokens,
+                                                onnx_cpu.output_name_of(self.student))
         return self._fp32_proto
 
     # -- artifacts -------------------------------------------------------------------------------------
@@ -110,7 +131,9 @@ class Exporter:
         path, runner, runtime = spec.build(self, precision, folder)
         logits = run_batched(runner, self.inputs)
         tolerance = spec.tolerance(precision).with_overrides(self.options.max_abs_diff, self.options.min_agreement)
-        check = parity(logits, self.eager_logits, tolerance)
+        source_tokens = self.student.tokens
+        embedding = source_tokens is not None and self.student.num_classes is None
+        check = parity(logits, self.eager_logits, tolerance, kind="embedding" if embedding else "logits")
         check["reference"] = ("eager PyTorch, packed student (its integer codes dequantized)" if self.student.quantized
                               else "eager PyTorch, float student")
         timing = latency(runner, self.sample, repeats=self.options.latency_repeats)
@@ -119,26 +142,39 @@ class Exporter:
         batch_dim: Any = "batch"
         if "programs" in runtime:  # static shapes: one program per batch size
             batch_dim = " | ".join(f"{batch} ({name})" for batch, name in runtime["programs"].items())
+        if source_tokens is None:
+            inputs = [{"name": onnx_cpu.INPUT_NAME, "dtype": "float32", "shape": [batch_dim, *source.input_shape]}]
+            preprocessing = {"description": "pixel / 255, then (x - mean) / std per channel", "mean": self.meta["mean"],
+                             "std": self.meta["std"], "classes": self.classes}
+        else:
+            from distill.export.text import card_inputs, text_preprocessing
+
+            inputs = card_inputs(source_tokens)
+            preprocessing = text_preprocessing(source, self.classes)
+        output_name = onnx_cpu.output_name_of(source)
+        width = source.num_classes if source.num_classes is not None else int(self.eager_logits.shape[-1])
+        checkpoint = source.checkpoint
         card = {
-            "name": f"{source.checkpoint.parent.name}-{target}-{precision}",
+            "name": f"{source.name}-{target}-{precision}",
             "target": target, "precision": precision, "status": "verified" if check["passed"] else "refused",
             "artifact": {"file": path.name, "bytes": artifact_bytes, "sha256": file_sha256(path)},
             "runtime": {**runtime, "target_runtime": spec.target_runtime},
-            "inputs": [{"name": onnx_cpu.INPUT_NAME, "dtype": "float32", "shape": [batch_dim, *source.input_shape]}],
-            "outputs": [{"name": onnx_cpu.OUTPUT_NAME, "dtype": "float32", "shape": [batch_dim, source.num_classes]}],
-            "preprocessing": {"description": "pixel / 255, then (x - mean) / std per channel", "mean": self.meta["mean"],
-                              "std": self.meta["std"], "classes": self.classes},
+            "inputs": inputs,
+            "outputs": [{"name": output_name, "dtype": "float32", "shape": [batch_dim, width]}],
+            "preprocessing": preprocessing,
             "size": {"artifact_bytes": artifact_bytes, "fp32_onnx_bytes": len(self.fp32_proto.SerializeToString()),
-                     "checkpoint_bytes": source.checkpoint.stat().st_size},
+                     "checkpoint_bytes": checkpoint.stat().st_size if checkpoint is not None else None},
             "parity": check,
-            "accuracy": {"dataset": source.data_name, "split": "test", "samples": len(self.targets),
-                         "accuracy": float((logits.argmax(-1) == self.targets.numpy()).mean()),
-                         "eager_accuracy": self.eager_accuracy},
+            "accuracy": {"dataset": source.data_name, "split": "test", "samples": len(logits),
+                         "accuracy": self._accuracy(logits), "eager_accuracy": self.eager_accuracy},
             "latency": timing, "eager_latency": self.eager_latency,
-            "source": {"checkpoint": str(source.checkpoint.resolve()), "sha256": file_sha256(source.checkpoint),
+            "source": {"checkpoint": str(checkpoint.resolve()) if checkpoint is not None else None,
+                       "sha256": file_sha256(checkpoint) if checkpoint is not None else None,
                        "model": source.spec["model"], "spec": source.spec, "run_dir": str(source.run_dir or ""),
                        "teacher_checkpoint": source.teacher_checkpoint, "quantized": source.quantized,
-                       "data_root": source.data_root},
+                       "data_root": source.data_root,
+                       **({"tokenizer": str(source.tokenizer_path.resolve()) if source.tokenizer_path else None}
+                          if source_tokens is not None else {})},
             "command": self.options.command, "date": dt.datetime.now().isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "numpy": np.__version__},
             "notes": spec.card_notes(runtime),

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from distill.artifacts import load_model, refuse_code_named_by_file
-from distill.export.runtime import EagerRunner, latency, run_batched
+from distill.export.runtime import EagerRunner, as_numpy, latency, run_batched
+from distill.export.runtime import rows as take_rows
 from distill.export.source import ExportError, file_sha256, load_student
 from distill.export.targets import TARGETS, Target
 
@@ -137,7 +138,8 @@ def runner_for(folder: Path, card: dict[str, Any], threads: int):
 
 def bench(export_dir: Path, *, teacher: Path | None = None, threads: int = 1, repeats: int = 50,
           accuracy_samples: int | None = None, trust_code: bool = False) -> dict[str, Any]:
-    """Rows ``{name, runtime, precision, bytes, accuracy, b1_ms, b64_per_sample_ms, status}``, teacher first.
+    """Rows ``{name, runtime, precision, bytes, accuracy, b1_ms, b64_per_sample_ms, status}``, teacher first
+    (``accuracy`` None for a text student checked on unlabelled token batches).
 
     Every card, its source checkpoint and its artifact are checked before anything runs
     (:func:`read_variant_card`, :func:`check_source`, :func:`check_artifact`); all variants
@@ -163,12 +165,14 @@ def bench(export_dir: Path, *, teacher: Path | None = None, threads: int = 1, re
     student = load_student(checkpoint, data=data_name, root=source.get("data_root") or None, trust_code=trust_code)
     test = student.dataset("test")
     count = len(test) if accuracy_samples is None else min(accuracy_samples, len(test))
-    inputs, targets = test.inputs[:count], test.targets[:count].numpy()
-    sample = inputs[:1].numpy()
+    inputs = take_rows(test.inputs, 0, count)  # a text student's: {"input_ids", "attention_mask"}
+    targets = None if test.targets is None or student.num_classes is None else test.targets[:count].numpy()
+    sample = take_rows(as_numpy(inputs), 0, 1)
     rows: list[dict[str, Any]] = []
 
     def measure(name: str, runtime: str, precision: str, runner, size: int, status: str = "-") -> None:
-        accuracy = float((run_batched(runner, inputs).argmax(-1) == targets).mean())
+        outputs = run_batched(runner, inputs)
+        accuracy = None if targets is None else float((outputs.argmax(-1) == targets).mean())  # None: no labels
         rows.append({"name": name, "runtime": runtime, "precision": precision, "bytes": size, "accuracy": accuracy,
                      **latency(runner, sample, repeats=repeats), "status": status})
 

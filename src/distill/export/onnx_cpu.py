@@ -27,7 +27,7 @@ from distill.export.source import ExportError, float_copy, packed_modules, requi
 from distill.models.utils import set_module
 
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "input", "logits", "embedding"
 
 
 class MatMulLinear(nn.Module):
@@ -55,18 +55,29 @@ def matmul_linears(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def to_onnx(model: nn.Module, input_shape: tuple[int, ...]):
-    """fp32 ONNX ModelProto of ``model`` (input ``input`` (batch, C, H, W), output ``logits``)."""
+def to_onnx(model: nn.Module, input_shape: tuple[int, ...], tokens=None, output_name: str = OUTPUT_NAME):
+    """fp32 ONNX ModelProto of ``model``: input ``input`` (batch, C, H, W), output ``logits``; or for a text
+    student (``tokens``, a :class:`distill.export.text.TokenInputs`) int64 inputs ``input_ids`` and
+    ``attention_mask`` (batch, sequence), both axes dynamic, and the output ``output_name``."""
     onnx = require("onnx", "export", "ONNX export")
     exportable = matmul_linears(model)
-    sample = torch.zeros(2, *input_shape)
+    if tokens is None:
+        sample: tuple = (torch.zeros(2, *input_shape),)
+        input_names = [INPUT_NAME]
+        dynamic_axes = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}
+    else:
+        from distill.export.text import TokenModel, example_tokens
+
+        exportable = TokenModel(exportable)
+        sample = example_tokens(tokens)
+        input_names = list(tokens.names)
+        dynamic_axes = {**{name: {0: "batch", 1: "sequence"} for name in input_names}, output_name: {0: "batch"}}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(exportable, (sample,), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(exportable, sample, buffer, dynamo=False, opset_version=OPSET,
+                              input_names=input_names, output_names=[output_name], dynamic_axes=dynamic_axes)
         except Exception as exc:  # torch.onnx names the operator it cannot export
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ExportError(f"ONNX export (opset {OPSET}) of {type(model).__name__} failed on an unsupported "
@@ -108,20 +119,24 @@ def quantize_int8_dynamic(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def calibration_reader(inputs: torch.Tensor, batch_size: int = 32):
-    """onnxruntime's CalibrationDataReader over real training samples, one batch at a time."""
+def calibration_reader(inputs, batch_size: int = 32):
+    """onnxruntime's CalibrationDataReader over real training samples (a tensor, or a text student's dict of
+    token tensors), one batch at a time."""
     quantization = require("onnxruntime.quantization", "export", "int8 quantization")
+    named = inputs if isinstance(inputs, dict) else {INPUT_NAME: inputs}
+    count = len(next(iter(named.values())))
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self):
-            self.batches = [inputs[i : i + batch_size].numpy() for i in range(0, len(inputs), batch_size)]
+            self.batches = [{name: value[i : i + batch_size].numpy() for name, value in named.items()}
+                            for i in range(0, count, batch_size)]
             self.index = 0
 
         def get_next(self):
             if self.index >= len(self.batches):
                 return None
             self.index += 1
-            return {INPUT_NAME: self.batches[self.index - 1]}
+            return self.batches[self.index - 1]
 
         def rewind(self):
             self.index = 0
@@ -129,7 +144,7 @@ def calibration_reader(inputs: torch.Tensor, batch_size: int = 32):
     return Reader()
 
 
-def quantize_int8_static(fp32_path: Path, out_path: Path, calibration_inputs: torch.Tensor) -> Path:
+def quantize_int8_static(fp32_path: Path, out_path: Path, calibration_inputs) -> Path:
     """Static QDQ int8 (weights per channel, activations per tensor) calibrated on ``calibration_inputs``."""
     quantization = require("onnxruntime.quantization", "export", "int8 quantization")
     with _quiet_root_logger():
@@ -165,13 +180,14 @@ def check_packed(model: nn.Module, bits: int, source: str) -> dict:
     return layers
 
 
-def to_matmulnbits(model: nn.Module, input_shape: tuple[int, ...], bits: int, source: str):
+def to_matmulnbits(model: nn.Module, input_shape: tuple[int, ...], bits: int, source: str, tokens=None,
+                   output_name: str = OUTPUT_NAME):
     """ONNX ModelProto where every packed Linear runs as ``MatMulNBits`` with the student's own codes."""
     onnx = require("onnx", "export", "ONNX export")
     from onnx import helper, numpy_helper
 
     layers = check_packed(model, bits, source)
-    proto = to_onnx(model, input_shape)
+    proto = to_onnx(model, input_shape, tokens, output_name)
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
     weights = {path: layer.dequantize(torch.float32).t().contiguous().numpy() for path, layer in layers.items()}
@@ -214,6 +230,11 @@ def to_matmulnbits(model: nn.Module, input_shape: tuple[int, ...], bits: int, so
     return proto, sorted(replaced)
 
 
+def output_name_of(student) -> str:
+    """``logits``, or ``embedding`` for a text model without classes (it gives (B, D) vectors)."""
+    return EMBEDDING_NAME if student.tokens is not None and student.num_classes is None else OUTPUT_NAME
+
+
 WRITTEN_PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "int4", "int2")
 
 
@@ -242,9 +263,12 @@ def write_variant(context, precision: str, path: Path) -> dict:
             else:
                 calibration = student.calibration_inputs(context.options.calibration_samples)
                 quantize_int8_static(fp32_path, path, calibration)
-                runtime["calibration"] = f"{len(calibration)} {student.data_name} training samples, min/max"
+                count = len(next(iter(calibration.values()))) if isinstance(calibration, dict) else len(calibration)
+                runtime["calibration"] = f"{count} {student.data_name} training samples, min/max"
     elif precision in ("int4", "int2"):
-        proto, layers = to_matmulnbits(student.model, student.input_shape, int(precision[3:]), str(student.checkpoint))
+        proto, layers = to_matmulnbits(student.model, student.input_shape, int(precision[3:]),
+                                       str(student.checkpoint or student.spec["model"]), student.tokens,
+                                       output_name_of(student))
         save(proto, path)
         runtime["matmulnbits_layers"] = layers
     else:

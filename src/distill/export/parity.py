@@ -12,6 +12,10 @@ eager reference (where a bound is set) and its top-1 prediction agrees on at lea
   activations), so logits move by more than any fixed bound; agreement >= 98% / 97% / 97%,
   the max difference is reported.
 
+For a text model that gives (B, D) embeddings rather than class scores (``kind="embedding"``),
+"agreement" is the fraction of rows whose cosine similarity with the eager row is at least
+:data:`EMBEDDING_MIN_COSINE` (the mean cosine is reported too); the bounds are the same.
+
 The user lowers (or raises) the bar explicitly with ``--tolerance`` / ``--min-agreement``.
 """
 from __future__ import annotations
@@ -44,8 +48,12 @@ DEFAULT_TOLERANCES = {
 }
 
 
-def parity(variant_logits: np.ndarray, reference_logits: np.ndarray, tolerance: Tolerance) -> dict:
-    """Max |diff|, mean |diff| and top-1 agreement of (N, K) logits, and whether they pass ``tolerance``."""
+EMBEDDING_MIN_COSINE = 0.99
+
+
+def parity(variant_logits: np.ndarray, reference_logits: np.ndarray, tolerance: Tolerance, kind: str = "logits") -> dict:
+    """Max |diff|, mean |diff| and top-1 agreement of (N, K) logits, and whether they pass ``tolerance``
+    (``kind="embedding"``: agreement = rows with cosine >= :data:`EMBEDDING_MIN_COSINE`)."""
     import numpy as np  # here, not at the top: the target registry imports this module for its tolerances
 
     variant_logits = np.asarray(variant_logits, dtype=np.float32)
@@ -53,7 +61,17 @@ def parity(variant_logits: np.ndarray, reference_logits: np.ndarray, tolerance: 
     if variant_logits.shape != reference_logits.shape:
         raise ValueError(f"variant logits {variant_logits.shape} and eager logits {reference_logits.shape} differ in shape")
     diff = np.abs(variant_logits - reference_logits)
-    agreement = float((variant_logits.argmax(-1) == reference_logits.argmax(-1)).mean())
+    extra = {}
+    if kind == "embedding":
+        norms = np.linalg.norm(variant_logits, axis=-1) * np.linalg.norm(reference_logits, axis=-1)
+        cosine = (variant_logits * reference_logits).sum(-1) / np.maximum(norms, 1e-12)
+        agreement = float((cosine >= EMBEDDING_MIN_COSINE).mean())
+        extra = {"kind": "embedding", "mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()),
+                 "agreement_rule": f"cosine >= {EMBEDDING_MIN_COSINE}"}
+    elif kind == "logits":
+        agreement = float((variant_logits.argmax(-1) == reference_logits.argmax(-1)).mean())
+    else:
+        raise ValueError(f"parity kind must be 'logits' or 'embedding', not {kind!r}")
     max_abs = float(diff.max()) if diff.size else 0.0
     failures = []
     if not np.isfinite(variant_logits).all():
@@ -63,4 +81,5 @@ def parity(variant_logits: np.ndarray, reference_logits: np.ndarray, tolerance: 
     if agreement < tolerance.min_agreement:
         failures.append(f"top-1 agreement {agreement:.4f} < {tolerance.min_agreement:g}")
     return {"samples": int(len(variant_logits)), "max_abs_diff": max_abs, "mean_abs_diff": float(diff.mean()),
-            "agreement": agreement, "tolerance": asdict(tolerance), "passed": not failures, "failures": failures}
+            "agreement": agreement, "tolerance": asdict(tolerance), "passed": not failures, "failures": failures,
+            **extra}

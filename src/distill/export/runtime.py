@@ -1,7 +1,9 @@
 """Running and timing a model in its runtime: eager PyTorch, ONNX Runtime, ExecuTorch.
 
 Every runner is a callable ``float32 array (B, C, H, W) -> float32 logits (B, K)`` with its
-thread count fixed at construction, so latencies in one table are comparable.
+thread count fixed at construction, so latencies in one table are comparable. A text student's
+runner takes ``{"input_ids": (B, L) int64, "attention_mask": (B, L) int64}`` instead (a dict of
+arrays, fed to ONNX by input name); :func:`rows` / :func:`repeat_first` slice either kind.
 """
 from __future__ import annotations
 
@@ -15,8 +17,34 @@ from distill.evaluation import median_time_ms
 from distill.export.source import require
 
 
+def as_numpy(inputs):
+    """A tensor, or a dict of tensors, as numpy (dicts stay dicts)."""
+    if isinstance(inputs, dict):
+        return {name: as_numpy(value) for name, value in inputs.items()}
+    return inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
+
+
+def num_rows(inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def rows(inputs, start: int, stop: int):
+    """Rows ``start:stop`` of an array / tensor or of every entry of a dict of them."""
+    if isinstance(inputs, dict):
+        return {name: value[start:stop] for name, value in inputs.items()}
+    return inputs[start:stop]
+
+
+def repeat_first(sample, batch_size: int):
+    """The first row of ``sample`` repeated ``batch_size`` times (contiguous numpy; dicts stay dicts)."""
+    if isinstance(sample, dict):
+        return {name: repeat_first(value, batch_size) for name, value in sample.items()}
+    return np.ascontiguousarray(np.repeat(np.asarray(sample)[:1], batch_size, axis=0))
+
+
 class EagerRunner:
-    """A torch module in eval mode under ``inference_mode``."""
+    """A torch module in eval mode under ``inference_mode``; a dict of inputs is passed as keyword
+    arguments and the logits read from the output (:func:`distill.core.io.logits_of`)."""
 
     runtime = "pytorch-eager"
 
@@ -24,8 +52,14 @@ class EagerRunner:
         self.model, self.threads = model.eval(), threads
         torch.set_num_threads(threads)
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, inputs) -> np.ndarray:
+        from distill.core.io import logits_of
+
         with torch.inference_mode():
+            if isinstance(inputs, dict):
+                output = self.model(**{name: torch.from_numpy(np.ascontiguousarray(value))
+                                       for name, value in inputs.items()})
+                return logits_of(output).float().numpy()
             return self.model(torch.from_numpy(np.ascontiguousarray(inputs))).float().numpy()
 
 
@@ -44,9 +78,13 @@ class OrtRunner:
         source = path if isinstance(path, bytes) else str(path)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [node.name for node in self.session.get_inputs()]
         self.threads = threads
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, inputs) -> np.ndarray:
+        if isinstance(inputs, dict):  # token inputs, by name (int64)
+            return self.session.run(None, {name: np.ascontiguousarray(inputs[name], dtype=np.int64)
+                                           for name in self.input_names})[0]
         return self.session.run(None, {self.input_name: np.ascontiguousarray(inputs, dtype=np.float32)})[0]
 
 
@@ -80,10 +118,11 @@ class ExecuTorchRunner:
         return np.concatenate(outputs)
 
 
-def run_batched(runner, inputs: torch.Tensor | np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits for all ``inputs`` in batches of ``batch_size`` (the last one may be smaller)."""
-    array = inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs
-    return np.concatenate([runner(array[i : i + batch_size]) for i in range(0, len(array), batch_size)])
+def run_batched(runner, inputs, batch_size: int = 500) -> np.ndarray:
+    """Logits for all ``inputs`` (an array / tensor, or a dict of them) in batches of ``batch_size``
+    (the last one may be smaller)."""
+    array = as_numpy(inputs)
+    return np.concatenate([runner(rows(array, i, i + batch_size)) for i in range(0, num_rows(array), batch_size)])
 
 
 def latency(runner, sample: np.ndarray, batch_sizes=(1, 64), *, repeats: int = 50, warmup: int = 5,
@@ -91,7 +130,7 @@ def latency(runner, sample: np.ndarray, batch_sizes=(1, 64), *, repeats: int = 5
     """Median ms per batch and per sample for each batch size (warm-up excluded) and the thread count."""
     result: dict = {"threads": runner.threads}
     for batch_size in batch_sizes:
-        batch = np.ascontiguousarray(np.repeat(sample[:1], batch_size, axis=0))
+        batch = repeat_first(sample, batch_size)
         batch_ms = median_time_ms(lambda: runner(batch), repeats=repeats if batch_size == 1 else max(10, repeats // 3),
                                   warmup=warmup, min_seconds=min_seconds)
         result[f"b{batch_size}_ms"] = batch_ms

@@ -21,6 +21,7 @@ from torch import nn
 from distill.artifacts import METADATA_KEY, ArtifactError, UntrustedCodeError, load_model, nonfinite_tensors
 from distill.artifacts import refuse_code_named_by_file
 from distill.export.errors import ExportError, MissingRuntimeError, require  # noqa: F401 (re-exported)
+from distill.export.text import RANDOM_TOKENS, token_inputs, tokenizer_path_for
 from distill.models.utils import set_module
 
 
@@ -31,13 +32,15 @@ class Student:
 
     model: nn.Module
     spec: dict[str, Any]
-    checkpoint: Path
+    checkpoint: Path | None  # None: a model held in Python (distill.export.text.text_student)
     run_dir: Path | None
     data_name: str
     data_root: str | None
     seed: int = 0
     teacher_checkpoint: str | None = None
     data_params: dict[str, Any] = field(default_factory=dict)  # the run's data.params (e.g. image_folder's size)
+    tokens: Any = None  # distill.export.text.TokenInputs for a model over token ids, else None
+    tokenizer_path: Path | None = None  # its tokenizer.json (see distill.export.text)
     _test_set: Any = field(default=None, repr=False)
     _train_set: Any = field(default=None, repr=False)
 
@@ -50,37 +53,84 @@ class Student:
         return tuple(self.spec["input_shape"])
 
     @property
-    def num_classes(self) -> int:
-        return int(self.spec["num_classes"])
+    def num_classes(self) -> int | None:
+        """K; None for a text model giving (B, D) vectors (an embedding model)."""
+        return None if self.spec.get("num_classes") is None else int(self.spec["num_classes"])
+
+    @property
+    def name(self) -> str:
+        """What the card calls the student: its run folder's (or model file's folder's) name."""
+        return self.checkpoint.parent.name if self.checkpoint is not None else str(self.spec["model"])
+
+    def tokenizer(self):
+        """The ``tokenizers.Tokenizer`` of a text student (None without a tokenizer.json)."""
+        if self.tokenizer_path is None:
+            return None
+        from distill.export.text import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_path, self.tokens)
 
     def dataset(self, split: str):
         from distill.data import build_dataset
 
         cached = self._test_set if split == "test" else self._train_set
+        if cached is None and self.tokens is not None and self.data_name == RANDOM_TOKENS:
+            from distill.export.text import random_token_data
+
+            cached = random_token_data(self.tokens, split, self.seed, self.tokenizer(), self.spec.get("classes"))
+        elif cached is None and self.tokens is not None:
+            cached = build_dataset(self.data_name, split, root=self.data_root, **self.data_params)
+            check_token_data(self, cached)
         if cached is None:
             cached = build_dataset(self.data_name, split, root=self.data_root, **self.data_params)
-            if tuple(cached.input_shape) != self.input_shape or cached.num_classes != self.num_classes:
+            if isinstance(cached.input_shape, dict) or tuple(cached.input_shape) != self.input_shape \
+                    or cached.num_classes != self.num_classes:
                 raise ExportError(
                     f"{self.checkpoint}: the model takes {self.input_shape} with {self.num_classes} classes but dataset "
                     f"{self.data_name!r} has {tuple(cached.input_shape)} with {cached.num_classes}; pass --data with "
                     "the dataset it was trained on")
-            if split == "test":
-                self._test_set = cached
-            else:
-                self._train_set = cached
+        if split == "test":
+            self._test_set = cached
+        else:
+            self._train_set = cached
         return cached
 
-    def calibration_inputs(self, num_samples: int) -> torch.Tensor:
-        """``num_samples`` real training inputs (seeded random subset) for static quantization."""
+    def calibration_inputs(self, num_samples: int):
+        """``num_samples`` real training inputs (seeded random subset) for static quantization: a tensor, or
+        for a text student ``{"input_ids", "attention_mask"}``."""
         train = self.dataset("train")
         generator = torch.Generator().manual_seed(self.seed)
         index = torch.randperm(len(train), generator=generator)[:num_samples]
+        if isinstance(train.inputs, dict):
+            return {name: train.inputs[name][index] for name in self.tokens.names}
         return train.inputs[index]
 
     def float_model(self) -> nn.Module:
         """A float copy of the reference: packed layers become nn.Linear / nn.Conv2d holding the
         dequantized weights (the same function when no layer quantizes its input)."""
         return float_copy(self.model)
+
+
+def check_token_data(student: Student, data) -> None:
+    """A text data set fits a text student: ``input_ids`` (and ``attention_mask``) of at most max_length
+    ids below vocab_size, and the student's number of classes."""
+    tokens, where = student.tokens, f"{student.checkpoint or student.spec['model']}"
+    inputs = data.inputs if isinstance(data.inputs, dict) else {}
+    if "input_ids" not in inputs:
+        raise ExportError(f"{where}: the model takes token ids (input_ids, attention_mask) but dataset "
+                          f"{student.data_name!r} gives {data.input_shape}; pass --data with a text data set "
+                          "(text_classification) or none (the export then checks parity on random token batches)")
+    ids = inputs["input_ids"]
+    if ids.shape[1] > tokens.max_length or (ids.numel() and int(ids.max()) >= tokens.vocab_size):
+        raise ExportError(f"{where}: dataset {student.data_name!r} holds ids up to {int(ids.max())} in rows of "
+                          f"{ids.shape[1]}, but the model takes at most {tokens.max_length} ids below "
+                          f"{tokens.vocab_size}; give the data set tokenised as the student was trained "
+                          "(data.params max_length / max_vocab)")
+    if student.num_classes is not None and data.num_classes not in (None, student.num_classes):
+        raise ExportError(f"{where}: the model has {student.num_classes} classes but dataset {student.data_name!r} "
+                          f"has {data.num_classes}; pass --data with the dataset it was trained on")
+    if "attention_mask" not in inputs:
+        data.inputs = {**inputs, "attention_mask": torch.ones_like(ids)}
 
 
 def packed_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -210,13 +260,24 @@ def load_student(path: str | Path, *, data: str | None = None, root: str | Path 
         from distill.data import DATASETS
 
         refuse_code_named_by_file(data_name, DATASETS, f"{run_dir / 'recipe.yaml'} (data.name)", trust_code=trust_code)
+    tokens = token_inputs(spec, where=str(model_file))
+    if data_name is None and tokens is not None:  # a text student: parity on seeded token batches
+        data_name = RANDOM_TOKENS
     if data_name is None:
         raise ExportError(f"{model_file}: no recipe.yaml beside it names the held-out data; pass --data "
                           "(digits, mnist, fashion_mnist, cifar10) and --root for the files")
+    if data_name == RANDOM_TOKENS and tokens is None:
+        raise ExportError(f"--data {RANDOM_TOKENS} is for models over token ids (a spec with params.vocab_size and "
+                          f"input_shape [max_length]); {model_file} takes {spec.get('input_shape')}")
     data_root = str(root) if root is not None else (recipe_data.get("root") if data is None or data == recipe_data.get("name") else None)
     teacher = (recipe.get("teacher") or {}).get("checkpoint")
     same_data = data is None or data == recipe_data.get("name")
     params = recipe_data.get("params") if same_data and isinstance(recipe_data.get("params"), dict) else {}
+    tokenizer_path = tokenizer_path_for(model_file) if tokens is not None else None
+    if tokenizer_path is not None:
+        from distill.export.text import load_tokenizer
+
+        load_tokenizer(tokenizer_path, tokens)  # a tokenizer that does not fit the model is refused here
     return Student(model=model.eval(), spec=spec, checkpoint=model_file, run_dir=run_dir, data_name=data_name,
                    data_root=data_root, seed=int(recipe.get("seed", 0) or 0), teacher_checkpoint=teacher,
-                   data_params=params)
+                   data_params=params, tokens=tokens, tokenizer_path=tokenizer_path)

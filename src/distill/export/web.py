@@ -5,6 +5,10 @@ The folder holds ``model.onnx``, ``index.html`` + ``app.js`` (drop an image, see
 npm install (``npm install --prefix web``, see ``web/package.json``; or ``DISTILL_ORT_WEB_DIST``
 naming a ``onnxruntime-web/dist`` folder). Serve the folder from any static server
 (``python -m http.server``): browsers do not load WebAssembly from ``file://``.
+
+A text student's folder holds ``index.html`` + ``text.js`` (type text, see the class or the
+embedding), ``wordpiece.js`` (the tokenizer, in plain JavaScript) and ``tokenizer.json`` (the
+student's, copied): the page tokenises in the browser (see :mod:`distill.export.text`).
 """
 from __future__ import annotations
 
@@ -39,14 +43,24 @@ def ort_web_version(dist: Path) -> str:
     return json.loads(package.read_text()).get("version", "unknown") if package.is_file() else "unknown"
 
 
-def write_page(folder: Path, meta: dict) -> dict:
-    """Copy the page and onnxruntime-web into ``folder`` (which already holds model.onnx); returns runtime facts."""
+IMAGE_PAGE = {"index.html": "index.html", "app.js": "app.js"}  # folder name: page source
+TEXT_PAGE = {"index.html": "text.html", "text.js": "text.js", "wordpiece.js": "wordpiece.js"}
+
+
+def write_page(folder: Path, meta: dict, tokenizer: Path | None = None) -> dict:
+    """Copy the page and onnxruntime-web into ``folder`` (which already holds model.onnx); returns runtime facts.
+
+    ``meta["kind"] == "text"``: the text page, and ``tokenizer`` (a tokenizer.json the page can reproduce,
+    :func:`distill.export.text.check_web_tokenizer`) copied as ``tokenizer.json``."""
     dist = ort_web_dist()
     for name in ORT_FILES:
         shutil.copyfile(dist / name, folder / name)
     page = resources.files("distill.export") / "page"
-    for name in ("index.html", "app.js"):
-        (folder / name).write_text((page / name).read_text())
+    files = TEXT_PAGE if meta.get("kind") == "text" else IMAGE_PAGE
+    for name, source in files.items():
+        (folder / name).write_text((page / source).read_text())
+    if meta.get("kind") == "text":
+        shutil.copyfile(tokenizer, folder / "tokenizer.json")
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     runtime_bytes = sum((folder / name).stat().st_size for name in ORT_FILES)
     return {"name": "onnxruntime-web (wasm)", "version": ort_web_version(dist), "runtime_bytes": runtime_bytes}

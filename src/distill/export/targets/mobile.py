@@ -17,6 +17,10 @@ LAYER_NOTES = (("own_codes", "4-bit layers holding the student's own codes"),
 
 
 def build(context, precision: str, folder: Path) -> Built:
+    if context.student.tokens is not None:
+        raise ExportError(f"{context.student.checkpoint or context.student.spec['model']}: the mobile target exports "
+                          "models over a float tensor (static shapes); this student takes token ids: export it with "
+                          "--target cpu or web")
     import importlib.metadata as metadata
 
     from distill.export.mobile import to_executorch
