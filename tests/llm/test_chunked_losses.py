@@ -96,3 +96,38 @@ def test_vocabularies_padded_apart_are_trimmed_and_other_tokenizers_refused():
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_token_loss(LOGIT_LOSSES.get("kl"), torch.randn(1, 3, 2), torch.nn.Linear(2, 5), torch.zeros(1, 3).long(),
                            teacher_logits=torch.randn(1, 3, 5), chunk_size=0)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_chunked_logits_equal_plain_in_value_and_gradient(name):
+    """Logits (B, L, V) in contiguous chunks (views; invalid positions masked inside a chunk)."""
+    loss_fn = LOGIT_LOSSES.get(name)
+    hidden, head, teacher, labels = setup(1)
+    temperature = 1.0 if name == "cross_entropy" else 2.0
+    logits = head(hidden)
+    expected = plain(loss_fn, hidden, head, teacher, labels, temperature=temperature)
+    grads = torch.autograd.grad(expected, [hidden, head.weight])
+    for chunk_size in (1, 5, 64):
+        got = chunked_token_loss(loss_fn, logits, None, labels, teacher_logits=teacher, temperature=temperature,
+                                 chunk_size=chunk_size)
+        torch.testing.assert_close(got.double(), expected.double(), rtol=1e-5, atol=1e-6)
+        for mine, theirs in zip(torch.autograd.grad(got, [hidden, head.weight], retain_graph=True), grads):
+            torch.testing.assert_close(mine.double(), theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "tvd", "skew_kl", "cross_entropy", "mse", "dkd", "dist"])
+def test_token_task_chunked_equals_all_at_once(name):
+    from distill.distiller import LossTerm
+    from distill.tasks.token import TokenTask
+
+    hidden, head, teacher, labels = setup(2)
+    logits = head(hidden).float()
+    params = {"beta": 0.3} if name == "jsd" else {}
+    term = LossTerm(name, temperature=1.0 if name == "cross_entropy" else 2.0, params=params)
+    batch = {"input": {"input_ids": labels.clamp(min=0)}, "target": labels}
+    whole = TokenTask(chunk_size=None).term_value(term, logits, teacher.float(), batch)
+    chunked = TokenTask(chunk_size=4).term_value(term, logits, teacher.float(), batch)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert repr(TokenTask(chunk_size=4)) == "TokenTask(chunk_size=4)"
+    with pytest.raises(ValueError, match="chunk_size"):
+        TokenTask(chunk_size=0)

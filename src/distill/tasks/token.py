@@ -1,30 +1,64 @@
-"""Token-level distillation (causal LMs): (B, L, V) logits, losses per valid token.
+"""Token-level distillation (causal LMs): (B, L, V) logits, losses per valid token, in chunks.
 
 Position ``i`` predicts token ``i + 1`` (the logits are shifted against the labels, as Hugging
 Face's causal-LM loss does). Labels are the batch's ``target`` (B, L) with ``-100`` for ignored
-positions (prompt, padding), else the input ids with padding (``attention_mask == 0``) ignored.
+positions (prompt, padding), else the input ids with padding (``attention_mask == 0``) and prompts
+(an input ``loss_mask == 0``: the data layer carries class ids, not (B, L) labels, as targets) ignored.
 Every loss term is summed over the valid tokens of a micro-batch and divided by the loop's
 ``token_normaliser`` = (valid tokens in the whole optimiser step, over every micro-batch and
 process) / (micro-batches x processes): after Accelerate's division by the accumulation steps
 and DDP's mean over processes, the gradient is exactly that of the mean over all valid tokens of
 the step, as one large batch would give.
+
+**Chunks.** At a 32k vocabulary, batch 8 and 2,048 tokens the logits are 2 GiB in fp32, and a loss
+computed on them at once holds several more such tensors (fp32 copies, log-probabilities, their
+product) for the backward pass. :func:`chunked_token_loss` computes the loss ``chunk_size``
+positions at a time under activation checkpointing (``torch.utils.checkpoint``, non-reentrant): a
+chunk's fp32 logits and probabilities are rebuilt in the backward pass instead of being kept, so
+the largest loss tensor alive is ``chunk_size x V``. Given the student's *final hidden states*
+and its output head instead of logits (:class:`TokenHidden`, e.g. from
+:class:`distill.llm.ChunkedLM`), only valid positions are computed and the student's
+(B, L, V) logits never exist at all (TRL's ``DistillationTrainer`` chunks its loss in 256 tokens
+too). :class:`TokenTask` computes every per-position loss this way (``chunk_size=256``; ``None``:
+all positions at once); DIST, a batch statistic, is computed on all positions at once.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from distill.core.io import logits_of
 from distill.tasks.base import Task
 
 IGNORE_INDEX = -100
+LOSS_MASK = "loss_mask"  # an input (B, L): 0 on tokens that are not predicted (a prompt); models ignore it
+BATCH_STATISTIC_LOSSES = frozenset({"dist"})  # couple positions: not computable chunk by chunk
+_HEAD = "_distill_output_head"  # the attribute TokenTask.read puts a TokenHidden's head under
+
+Head = Callable[[Tensor], Tensor]  # hidden (N, H) -> logits (N, V)
+
+
+@dataclass
+class TokenHidden:
+    """A causal LM's output given as its final hidden states (B, L, H) and its output head
+    (hidden -> logits, e.g. ``lm_head``), so that the token task builds logits chunk by chunk."""
+
+    hidden: Tensor
+    head: Head
+    vocab_size: int | None = None  # logits the head gives (default: its out_features / weight rows)
+
+    def size(self) -> int | None:
+        return self.vocab_size if self.vocab_size is not None else head_size(self.head)
 
 
 def token_labels(batch: dict[str, Any]) -> Tensor:
-    """(B, L) int64 labels with -100 where no loss is taken (from ``target``, else the input ids)."""
+    """(B, L) int64 labels with -100 where no loss is taken: the ``target`` when it is (B, L), else the
+    input ids, ignored where ``attention_mask`` (padding) or ``loss_mask`` (a prompt) is 0."""
     target = batch.get("target")
     inputs = batch["input"]
     if isinstance(target, Tensor) and target.ndim == 2:
@@ -34,9 +68,10 @@ def token_labels(batch: dict[str, Any]) -> Tensor:
         raise ValueError("token task: batches need 'input_ids' (B, L) (or (B, L) labels as the target); "
                          f"got {type(ids).__name__}")
     labels = ids.clone()
-    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-    if isinstance(mask, Tensor):
-        labels[mask == 0] = IGNORE_INDEX
+    for key in ("attention_mask", LOSS_MASK):
+        mask = inputs.get(key) if isinstance(inputs, Mapping) else None
+        if isinstance(mask, Tensor):
+            labels[mask == 0] = IGNORE_INDEX
     return labels
 
 
@@ -47,14 +82,123 @@ def shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return logits[:, :-1], torch.where(valid, next_labels, 0), valid
 
 
+def next_token_labels(labels: Tensor) -> Tensor:
+    """(B, L): the label position ``i`` predicts (``labels[:, i + 1]``), -100 at the last position."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
+
+
+def head_size(head: Head) -> int | None:
+    """The number of logits ``head`` gives (``out_features`` or its weight's rows), None if unknown."""
+    size = getattr(head, "out_features", None)
+    if isinstance(size, int):
+        return size
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, Tensor) and weight.ndim == 2 else None
+
+
+def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_head: Head | None, labels: Tensor, *,
+                       teacher_logits: Tensor | None = None, teacher_hidden: Tensor | None = None,
+                       teacher_head: Head | None = None, temperature: float = 1.0, chunk_size: int = 256,
+                       **params: Any) -> Tensor:
+    """Sum over valid tokens of ``loss_fn(student_logits, teacher_logits, target)`` per token, in chunks.
+
+    Args:
+        loss_fn: a per-position logit loss of the core family (``distill.losses.kl``, ``reverse_kl``,
+            ``jsd``, ``tvd``, ``cross_entropy`` ...), called with ``reduction="sum"`` on (chunk, V) logits.
+        student: (B, L, H) the student's last hidden states with ``student_head`` (hidden -> logits, e.g.
+            ``lm_head``): only valid positions are computed, the (B, L, V) logits never exist; or
+            (B, L, V) logits with ``student_head=None``: cut into ``chunk_size`` positions (views, no copy).
+        labels: (B, L) int64 token ids with -100 where no loss is taken (prompt, padding); position ``i``
+            is scored against ``labels[:, i + 1]``.
+        teacher_logits: (B, L, V) teacher logits (any dtype: read one chunk at a time, upcast), or
+        teacher_hidden + teacher_head: the teacher's (B, L, H_t) hidden states and its head (run without grad).
+        chunk_size: positions per chunk; the loss's peak memory ~ a few ``chunk_size x V`` fp32 tensors.
+        params: the loss's own parameters (``beta`` for jsd ...).
+
+    Both vocabularies must have the same size (cut padded tables to the shared ids first:
+    :func:`distill.llm.shared_vocabulary`). Returns a scalar fp32: the sum over valid tokens (0 when none is).
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if student.ndim != 3 or labels.shape != student.shape[:2]:
+        raise ValueError(f"the student's {'hidden states' if student_head is not None else 'logits'} must be (B, L, ...) "
+                         f"and labels (B, L); got {tuple(student.shape)} and {tuple(labels.shape)}")
+    if teacher_logits is not None and teacher_hidden is not None:
+        raise ValueError("give the teacher as teacher_logits or as teacher_hidden + teacher_head, not both")
+    if teacher_hidden is not None and teacher_head is None:
+        raise ValueError("teacher_hidden needs teacher_head (its output layer) to make logits")
+    teacher = teacher_logits if teacher_logits is not None else teacher_hidden
+    if teacher is not None and teacher.shape[:2] != labels.shape:
+        raise ValueError(f"the teacher's outputs {tuple(teacher.shape)} do not cover the labels {tuple(labels.shape)}")
+    next_labels = next_token_labels(labels).reshape(-1)
+    flat_student = student.reshape(-1, student.shape[-1])
+    flat_teacher = None if teacher is None else teacher.reshape(-1, teacher.shape[-1])
+
+    def teacher_rows(rows: Tensor | slice) -> Tensor | None:
+        if flat_teacher is None:
+            return None
+        with torch.no_grad():
+            chunk = flat_teacher[rows]
+            return (teacher_head(chunk) if teacher_hidden is not None else chunk).float()
+
+    def loss_of(student_rows: Tensor, teacher_chunk: Tensor | None, target: Tensor, mask: Tensor | None) -> Tensor:
+        student_logits = student_rows if student_head is None else student_head(student_rows)
+        student_logits = student_logits.float()
+        if teacher_chunk is not None and teacher_chunk.shape[-1] != student_logits.shape[-1]:
+            raise ValueError(f"the teacher's vocabulary has {teacher_chunk.shape[-1]} entries and the student's "
+                             f"{student_logits.shape[-1]}; distil between models that share a tokenizer (a table "
+                             "padded to another size: cut both to the shared ids, distill.llm.ChunkedLM(vocab_size=...))")
+        return loss_fn(student_logits, teacher_chunk, target, temperature=temperature, mask=mask, reduction="sum",
+                       **params)
+
+    if student_head is not None:  # hidden states: gather the valid positions once (N, H), then chunk them
+        rows = torch.nonzero(next_labels != IGNORE_INDEX).squeeze(1)
+        pieces = [(rows[start:start + chunk_size], None) for start in range(0, len(rows), chunk_size)]
+        student_pieces = flat_student.index_select(0, rows).split(chunk_size) if len(rows) else ()
+    else:  # logits: contiguous views (no copy), invalid positions masked inside a chunk
+        pieces = [(slice(start, start + chunk_size), None) for start in range(0, len(next_labels), chunk_size)]
+        student_pieces = flat_student.split(chunk_size)
+    total = student.new_zeros((), dtype=torch.float32)
+    for (index, _), student_rows in zip(pieces, student_pieces):
+        target = next_labels[index]
+        valid = target != IGNORE_INDEX
+        if student_head is None:
+            if not bool(valid.any()):
+                continue
+            mask = valid
+        else:
+            mask = None
+        target = torch.where(valid, target, 0)
+        teacher_chunk = teacher_rows(index)
+        if torch.is_grad_enabled() and student_rows.requires_grad:
+            value = checkpoint(loss_of, student_rows, teacher_chunk, target, mask, use_reentrant=False)
+        else:
+            value = loss_of(student_rows, teacher_chunk, target, mask)
+        total = total + value
+    return total
+
+
 class TokenTask(Task):
-    """Outputs: logits (B, L, V). Metrics per valid token: agreement with the teacher's top-1,
-    KL(teacher || student), and the student's perplexity on the labels."""
+    """Outputs: logits (B, L, V), or a :class:`TokenHidden` (hidden states + head) for the student.
+    Losses per valid token in chunks of ``chunk_size`` positions (None: all at once). Metrics per
+    valid token: agreement with the teacher's top-1, KL(teacher || student), and the student's
+    perplexity on the labels."""
 
     name = "token"
     token_level = True
 
+    def __init__(self, chunk_size: int | None = 256) -> None:
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"token task: chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+
     def read(self, output: Any, batch: dict[str, Any], *, who: str) -> Tensor:
+        if isinstance(output, TokenHidden):  # hidden states; the head rides on the tensor to term_value
+            hidden = output.hidden
+            if hidden.ndim != 3:
+                raise ValueError(f"token task: {who} gave hidden states of shape {tuple(hidden.shape)}; expected (B, L, H)")
+            setattr(hidden, _HEAD, output)
+            return hidden
         logits = logits_of(output, who=who)
         if logits.ndim != 3:
             raise ValueError(f"token task: {who} gave logits of shape {tuple(logits.shape)}; a causal LM gives (B, L, V)")
@@ -65,22 +209,34 @@ class TokenTask(Task):
 
     def term_value(self, term, student: Tensor, teacher: Tensor | None, batch: dict[str, Any]) -> Tensor:
         labels = token_labels(batch)
-        student_logits, next_labels, valid = shifted(student, labels)
-        teacher_logits = None if teacher is None else teacher[:, :-1]
-        total = term.fn(student_logits, teacher_logits, next_labels, temperature=term.temperature, mask=valid,
-                        reduction="sum", **term.params)
+        hidden = getattr(student, _HEAD, None)
+        head = None if hidden is None else hidden.head
+        if head is None and (self.chunk_size is None or term.name in BATCH_STATISTIC_LOSSES):
+            student_logits, next_labels, valid = shifted(student, labels)
+            teacher_logits = None if teacher is None else teacher[:, :-1]
+            total = term.fn(student_logits, teacher_logits, next_labels, temperature=term.temperature, mask=valid,
+                            reduction="sum", **term.params)
+        else:
+            if head is not None and term.name in BATCH_STATISTIC_LOSSES:
+                raise ValueError(f"token task: loss {term.name!r} correlates positions across the batch and needs all "
+                                 "logits at once; the student gave hidden states (a ChunkedLM): use the plain model")
+            total = chunked_token_loss(term.fn, student, head, labels, teacher_logits=teacher,
+                                       temperature=term.temperature, chunk_size=self.chunk_size or 256, **term.params)
         normaliser = batch.get("token_normaliser")
         if normaliser is None:  # one micro-batch on its own: its own valid tokens
-            normaliser = valid.sum().clamp(min=1)
+            normaliser = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
         return total / normaliser
 
     def check_pair(self, student: Tensor, teacher: Tensor) -> None:
         if student.shape[:2] != teacher.shape[:2]:
-            raise ValueError(f"token task: teacher logits {tuple(teacher.shape)} and student logits "
+            raise ValueError(f"token task: teacher logits {tuple(teacher.shape)} and student outputs "
                              f"{tuple(student.shape)} cover different tokens")
-        if student.shape[-1] != teacher.shape[-1]:
+        hidden = getattr(student, _HEAD, None)
+        size = student.shape[-1] if hidden is None else hidden.size()
+        if size is not None and size != teacher.shape[-1]:
             raise ValueError(f"token task: the teacher's vocabulary has {teacher.shape[-1]} entries and the "
-                             f"student's {student.shape[-1]}; distil between models that share a tokenizer")
+                             f"student's {size}; distil between models that share a tokenizer (one tokenizer with "
+                             "tables padded to different sizes: distill.llm.ChunkedLM(model, vocab_size=...) cuts both)")
 
     def metrics(self, student: Tensor, teacher: Tensor | None, targets: Tensor | None, inputs=None) -> dict[str, float]:
         batch = {"input": inputs, "target": targets}
@@ -97,3 +253,6 @@ class TokenTask(Task):
             same = student_logits.argmax(-1) == teacher[:, :-1].argmax(-1)
             record["agreement"] = float((same & valid).sum() / tokens)
         return record
+
+    def __repr__(self) -> str:
+        return f"TokenTask(chunk_size={self.chunk_size!r})"
