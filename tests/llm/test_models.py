@@ -132,3 +132,21 @@ def test_shared_vocabulary_trims_padding_and_refuses_other_tokenizers():
     assert torch.isfinite(value["loss"])
     with pytest.raises(ValueError, match="vocabulary has 64 entries and the student's 61"):
         Distiller(ChunkedLM(student).train(), padded_teacher, terms, task=TokenTask())(batch)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_gguf_file_written_here_loads_back_with_the_same_logits(tmp_path, dtype):
+    pytest.importorskip("gguf", reason="GGUF files need the gguf package (the llm extra)")
+    from distill.llm.models import save_gguf
+
+    model = causal_lm_from_config("llama", vocab_size=V, hidden_size=32, num_layers=2, num_heads=4,
+                                  num_key_value_heads=2, seed=0, tie_word_embeddings=False).eval()
+    path = save_gguf(model, tmp_path / "tiny.gguf", dtype=dtype)
+    loaded = load_causal_lm(path)
+    assert loaded.config.num_key_value_heads == 2 and loaded.config.num_hidden_layers == 2
+    ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = model(input_ids=ids).logits, loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, **({"rtol": 0, "atol": 0} if dtype == "f32" else {"rtol": 1e-2, "atol": 1e-2}))
+    with pytest.raises(ValueError, match="writes Llama models"):
+        save_gguf(causal_lm_from_config("gpt2", vocab_size=V, seed=0), tmp_path / "gpt.gguf")

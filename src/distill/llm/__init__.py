@@ -4,8 +4,8 @@ student, text data with packing and prompt masks, and vocabulary checks between 
 from distill.llm.data import packed_text_data, prompt_response_data, read_jsonl, read_text, train_bpe_tokenizer
 from distill.llm.losses import chunked_token_loss, shared_vocabulary
 from distill.llm.models import (ChunkedLM, causal_lm_from_config, load_causal_lm, load_tokenizer,
-                                shared_vocabulary_size, student_from_teacher)
+                                save_gguf, shared_vocabulary_size, student_from_teacher)
 
 __all__ = ["ChunkedLM", "causal_lm_from_config", "chunked_token_loss", "load_causal_lm", "load_tokenizer",
-           "packed_text_data", "prompt_response_data", "read_jsonl", "read_text", "shared_vocabulary",
+           "packed_text_data", "prompt_response_data", "read_jsonl", "read_text", "save_gguf", "shared_vocabulary",
            "shared_vocabulary_size", "student_from_teacher", "train_bpe_tokenizer"]

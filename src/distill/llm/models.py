@@ -3,6 +3,7 @@
 - :func:`load_causal_lm` reads a Hugging Face model folder (safetensors weights only, local files
   only, never remote code) or a GGUF file (``from_pretrained(folder, gguf_file=...)``, which
   dequantises to torch; needs the ``gguf`` package);
+- :func:`save_gguf` writes a Llama model as a GGUF file (llama.cpp's names and q/k row order);
 - :func:`causal_lm_from_config` builds a GPT-2 or Llama model of any (tiny) size;
 - :func:`student_from_teacher` keeps some of the teacher's blocks (:func:`distill.models.layer_drop.drop_layers`)
   and its tokenizer;
@@ -77,6 +78,64 @@ def load_causal_lm(path: ModelPath, *, gguf_file: str | None = None, dtype: torc
         _check_folder(path)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **options)
     return model.eval()
+
+
+def save_gguf(model: nn.Module, path: ModelPath, *, dtype: str = "f32") -> Path:
+    """Write a Llama-family causal LM (``LlamaForCausalLM``) as a GGUF file (``dtype`` ``"f32"`` or
+    ``"f16"``; no tokenizer inside), with llama.cpp's tensor names and its query/key row order, so
+    that :func:`load_causal_lm` (transformers' GGUF reader) and llama.cpp read it back."""
+    try:
+        import gguf
+        import numpy as np
+    except ImportError as exc:
+        raise ImportError("GGUF files need the gguf package: pip install 'distill[llm]' (or pip install gguf)") from exc
+    config = model.config
+    if getattr(config, "model_type", None) != "llama":
+        raise ValueError(f"save_gguf writes Llama models; got model_type {getattr(config, 'model_type', None)!r}")
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"save_gguf: dtype must be 'f32' or 'f16', got {dtype!r}")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    rope = getattr(config, "rope_parameters", None) or {}
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(getattr(config, "name_or_path", "") or "distill-student")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+
+    def llama_cpp_order(weight, count: int):  # llama.cpp's rotary layout of q/k rows (transformers undoes it)
+        return weight.reshape(count, 2, weight.shape[0] // count // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # GGUF ties by leaving output.weight out
+    for key, tensor in state.items():
+        array = tensor.detach().float().cpu().numpy()
+        if key.endswith("self_attn.q_proj.weight"):
+            array = llama_cpp_order(array, heads)
+        elif key.endswith("self_attn.k_proj.weight"):
+            array = llama_cpp_order(array, kv_heads)
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"save_gguf: no GGUF name for tensor {key!r}")
+        if dtype == "f16" and array.ndim > 1:
+            array = array.astype(np.float16)
+        writer.add_tensor(name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 def load_tokenizer(path: ModelPath, *, gguf_file: str | None = None):
@@ -202,5 +261,5 @@ class ChunkedLM(nn.Module):
         return output
 
 
-__all__ = ["ChunkedLM", "causal_lm_from_config", "load_causal_lm", "load_tokenizer", "shared_vocabulary_size",
-           "student_from_teacher"]
+__all__ = ["ChunkedLM", "causal_lm_from_config", "load_causal_lm", "load_tokenizer", "save_gguf",
+           "shared_vocabulary_size", "student_from_teacher"]
