@@ -114,6 +114,9 @@ def test_a_spec_with_vocab_size_and_one_dimension_takes_tokens(text_model):
     assert mask[0].all() and (mask.sum(1) < MAX_LENGTH).any() and bool((ids[mask == 0] == 0).all())
     # the first rows after the full one are real sentences, tokenised
     assert ids[1, 0].item() == wordpiece_tokenizer().token_to_id("[CLS]")
+    with pytest.raises(ExportError, match=r"the model takes token ids \(input_ids, attention_mask\) but dataset "
+                                          r"'digits' gives \(1, 8, 8\)"):
+        load_student(text_model, data="digits").dataset("test")
 
 
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(text_model, tmp_path):

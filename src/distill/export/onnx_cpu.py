@@ -111,11 +111,13 @@ def _quiet_root_logger():
 
 
 # -- int8 --------------------------------------------------------------------------------------------------
-def quantize_int8_dynamic(fp32_path: Path, out_path: Path) -> Path:
-    """onnxruntime's dynamic quantization: int8 weights, activations quantized at run time."""
+def quantize_int8_dynamic(fp32_path: Path, out_path: Path, per_channel: bool = False) -> Path:
+    """onnxruntime's dynamic quantization: int8 weights (one scale per tensor, or per output channel),
+    activations quantized at run time."""
     quantization = require("onnxruntime.quantization", "export", "int8 quantization")
     with _quiet_root_logger():
-        quantization.quantize_dynamic(str(fp32_path), str(out_path), weight_type=quantization.QuantType.QInt8)
+        quantization.quantize_dynamic(str(fp32_path), str(out_path), weight_type=quantization.QuantType.QInt8,
+                                      per_channel=per_channel)
     return out_path
 
 
@@ -259,7 +261,11 @@ def write_variant(context, precision: str, path: Path) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             fp32_path = save(context.fp32_proto, Path(tmp) / "fp32.onnx")
             if precision == "int8-dynamic":
-                quantize_int8_dynamic(fp32_path, path)
+                # text students: weights per output channel (a transformer's outlier channels cost all-MiniLM-L6-v2
+                # 0.969 mean cosine per tensor, 0.993 per channel, on STS-B sentences)
+                per_channel = student.tokens is not None
+                quantize_int8_dynamic(fp32_path, path, per_channel=per_channel)
+                runtime["int8_weights"] = "per output channel" if per_channel else "per tensor"
             else:
                 calibration = student.calibration_inputs(context.options.calibration_samples)
                 quantize_int8_static(fp32_path, path, calibration)

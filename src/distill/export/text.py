@@ -219,6 +219,17 @@ def random_token_data(tokens: TokenInputs, split: str, seed: int = 0, tokenizer=
 
 
 # -- a text student held in Python ---------------------------------------------------------------------
+def vocabulary_size(model: nn.Module) -> int | None:
+    """The rows of ``model``'s token table: ``config.vocab_size`` or ``vocab_size`` (of the model, else of the
+    first submodule that has one: a SentenceClassifier's encoder), else the first nn.Embedding's; None without."""
+    for module in model.modules():
+        size = getattr(getattr(module, "config", None), "vocab_size", None) or getattr(module, "vocab_size", None)
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return None if embedding is None else embedding.num_embeddings
+
+
 def text_student(model: nn.Module, *, max_length: int, vocab_size: int | None = None, tokenizer: str | Path | None = None,
                  classes: list[str] | None = None, name: str | None = None, data=None, train_data=None,
                  seed: int = 0):
@@ -226,8 +237,7 @@ def text_student(model: nn.Module, *, max_length: int, vocab_size: int | None = 
     ``BertForSequenceClassification`` or a :class:`~distill.models.hf.SentenceEncoder`), exported with
     :class:`~distill.export.Exporter` as a model file's student is.
 
-    ``vocab_size`` defaults to the model's ``config.vocab_size`` (Hugging Face) or ``vocab_size``
-    attribute; ``tokenizer`` is a tokenizer.json path (needed by the web target); ``classes`` the
+    ``vocab_size`` defaults to what :func:`vocabulary_size` reads off the model; ``tokenizer`` is a tokenizer.json path (needed by the web target); ``classes`` the
     class names (``None`` with a model giving (B, D) vectors: an embedding model); ``data`` /
     ``train_data`` held-out / calibration TensorData of token ids (default: :data:`RANDOM_TOKENS`).
     The card's source has no checkpoint file (``distill bench`` needs one: save registered models
@@ -235,7 +245,7 @@ def text_student(model: nn.Module, *, max_length: int, vocab_size: int | None = 
     from distill.export.source import Student
 
     if vocab_size is None:
-        vocab_size = getattr(getattr(model, "config", None), "vocab_size", None) or getattr(model, "vocab_size", None)
+        vocab_size = vocabulary_size(model)
     if vocab_size is None:
         raise ExportError(f"text_student: {type(model).__name__} says no vocab_size (config.vocab_size); pass "
                           "vocab_size=")
