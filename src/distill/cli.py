@@ -401,7 +401,8 @@ def export_(
         parity, timing = card["parity"], card["latency"]
         table.add_row(f"{card['target']}-{card['precision']}", f"{card['artifact']['bytes']:,}",
                       f"{parity['max_abs_diff']:.2g}", f"{parity['agreement']:.2%}",
-                      f"{card['accuracy']['accuracy']:.2%}", f"{timing['b1_ms']:.3f}",
+                      "-" if card["accuracy"]["accuracy"] is None else f"{card['accuracy']['accuracy']:.2%}",
+                      f"{timing['b1_ms']:.3f}",
                       f"{timing['b64_per_sample_ms']:.4f}",
                       "[green]verified[/]" if card["status"] == "verified" else "[red]REFUSED[/]")
     console.print(table)
@@ -438,7 +439,8 @@ def bench(
                    f"speedup b1 vs {result['baseline'].split(' ')[0]}", "speedup b64", "status"):
         table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
     for row in result["rows"]:
-        table.add_row(row["name"], row["runtime"], row["precision"], f"{row['bytes']:,}", f"{row['accuracy']:.2%}",
+        table.add_row(row["name"], row["runtime"], row["precision"], f"{row['bytes']:,}",
+                      "-" if row["accuracy"] is None else f"{row['accuracy']:.2%}",
                       f"{row['b1_ms']:.3f}", f"{row['b64_per_sample_ms']:.4f}", f"{row['speedup_b1']:.1f}x",
                       f"{row['speedup_b64']:.1f}x", row["status"])
     console.print(table)
