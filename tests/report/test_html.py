@@ -2,6 +2,7 @@
 grid) built from real run folders, that renders in Chromium with no request, and a light/dark toggle."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -40,7 +41,7 @@ def run_dir(tmp_path_factory):
     teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     result = distill.distil(teacher, torch.nn.Linear(6, 3), (inputs, targets), eval=(inputs[:64], targets[:64]),
                             epochs=3, batch_size=32, output_dir=tmp_path_factory.mktemp("runs") / "run",
-                            progress=False, threads=1)
+                            progress=False, threads=1, tensorboard=importlib.util.find_spec("tensorboard") is not None)
     return result.run_dir
 
 
@@ -113,6 +114,7 @@ def test_the_page_holds_the_runs_tables_and_plots(run_dir, tmp_path):
     for term in ("kl", "cross_entropy", "agreement", "Pareto front", "budget", "chosen: mlp-8", "teachers"):
         assert term in page, term
     assert "teacher (Sequential)" in page  # the eval table's teacher row
+    assert ("tensorboard --logdir" in page) == (run_dir / "tensorboard").is_dir()
     assert '<tr class=chosen><td>mlp-8</td>' in page and "over_budget" in page and "90.00% / 92.00%" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<link" not in page  # nothing to fetch
 

@@ -229,6 +229,9 @@ def _run_section(folder: Path) -> str:
                      else f"<p class=muted>{html.escape(str(eval_path))} is not a JSON object</p>")
     if (folder / "metrics.jsonl").is_file():
         parts.append(_curves(_read_jsonl(folder / "metrics.jsonl")))
+    if (folder / "tensorboard").is_dir():  # train.tensorboard: the same records as TensorBoard scalars
+        parts.append(f"<p class=muted>TensorBoard: <code>tensorboard --logdir {html.escape(str(folder / 'tensorboard'))}"
+                     "</code></p>")
     parts.append(_export_table(_cards(folder / "export")))
     return "\n".join(parts)
 
