@@ -67,6 +67,20 @@ def test_a_tiny_folder_loads_and_pools_by_its_modules(tmp_path):
         torch.testing.assert_close(encoder(**batch), expected)
 
 
+def test_columns_of_padding_alone_are_trimmed_and_change_nothing(tmp_path):
+    encoder, tokenizer = SentenceEncoder.from_folder(tiny_folder(tmp_path))
+    tight = tokenizer(["the cat sat", "a dog"], padding=True, return_tensors="pt")
+    wide = tokenizer(["the cat sat", "a dog"], padding="max_length", max_length=16, return_tensors="pt")
+    assert wide["input_ids"].shape[1] == 16 > tight["input_ids"].shape[1]
+    seen = []
+    hook = encoder.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                                   with_kwargs=True)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(**wide), encoder(**tight), rtol=0, atol=0)
+    hook.remove()
+    assert seen[0] == seen[1] == tight["input_ids"].shape  # the transformer ran on the tight batch both times
+
+
 def test_folders_it_cannot_load_as_they_are_get_one_clear_error(tmp_path):
     plain = tiny_folder(tmp_path, modules=False)
     with pytest.raises(EncoderFolderError, match="no modules.json.*pooling='mean'"):

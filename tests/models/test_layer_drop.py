@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared_data import require_module  # noqa: E402
 
-from distill.models.layer_drop import drop_layers, layer_list_path  # noqa: E402
+from distill.models.layer_drop import drop_layers, layer_list_path, narrow_ffn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,32 @@ def test_gpt2_blocks_and_bad_indices(bert):
             drop_layers(bert, keep)
     with pytest.raises(ValueError, match="no list of transformer blocks"):
         drop_layers(torch.nn.Linear(2, 2), [0])
+
+
+def test_narrow_ffn_drops_the_units_that_do_nothing_and_keeps_the_outputs(bert):
+    teacher = drop_layers(bert, list(range(6)))  # a copy to edit
+    dead = [3, 7, 8, 20, 31]  # in every block, units whose output weights are zero contribute nothing
+    with torch.no_grad():
+        for block in teacher.encoder.layer:
+            block.output.dense.weight[:, dead] = 0.0
+    for inputs in (INPUTS, None):  # by activations on a batch, and by weight norms alone
+        student = narrow_ffn(teacher, 32 - len(dead), inputs)
+        assert student.config.intermediate_size == 27 and teacher.config.intermediate_size == 32
+        kept = [j for j in range(32) if j not in dead]
+        for small, big in zip(student.encoder.layer, teacher.encoder.layer):
+            assert small.intermediate.dense.weight.shape == (27, 16) and small.output.dense.weight.shape == (16, 27)
+            torch.testing.assert_close(small.intermediate.dense.weight, big.intermediate.dense.weight[kept])
+        with torch.no_grad():
+            torch.testing.assert_close(student(**INPUTS).last_hidden_state, teacher(**INPUTS).last_hidden_state,
+                                       rtol=1e-5, atol=1e-5)
+    assert narrow_ffn(teacher, 32, INPUTS).encoder.layer[0].output.dense.in_features == 32
+
+
+def test_narrow_ffn_refuses_bad_widths_and_other_blocks(bert):
+    transformers = require_module("transformers", "Hugging Face models need the text extra")
+    for width, message in ((0, "positive int"), (33, "more than the 32")):
+        with pytest.raises(ValueError, match=message):
+            narrow_ffn(bert, width)
+    gpt = transformers.GPT2Model(transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=32))
+    with pytest.raises(ValueError, match="no BERT-style feed-forward layer"):
+        narrow_ffn(gpt, 8)

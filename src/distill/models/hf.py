@@ -124,6 +124,7 @@ class SentenceEncoder(nn.Module):
         return None if hidden is None else hidden * len(self.pooling_modes)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        input_ids, attention_mask, token_type_ids = _trim_padding(input_ids, attention_mask, token_type_ids)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:  # not every encoder takes them (DistilBERT does not)
             inputs["token_type_ids"] = token_type_ids
@@ -194,6 +195,22 @@ class SentenceEncoder(nn.Module):
         encoder = cls(model, pooling=pooling, normalize=normalize, max_length=max_length,
                       do_lower_case=layout["do_lower_case"])
         return encoder.eval(), tokenizer
+
+
+def _trim_padding(input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None):
+    """Drop the trailing columns that are padding in every row (a batch padded to a fixed length, e.g. 64,
+    whose longest sentence has 20 tokens runs on 20 columns). Exact: padding is masked out of attention and
+    pooling, and absolute positions of the kept tokens do not change. Not while tracing or exporting, where
+    the shapes must not depend on the data."""
+    if (attention_mask.ndim != 2 or attention_mask.shape[1] < 2 or torch.jit.is_tracing()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return input_ids, attention_mask, token_type_ids
+    columns = attention_mask.any(dim=0).nonzero()
+    length = int(columns.max()) + 1 if len(columns) else 1
+    if length == attention_mask.shape[1]:
+        return input_ids, attention_mask, token_type_ids
+    return (input_ids[:, :length], attention_mask[:, :length],
+            None if token_type_ids is None else token_type_ids[:, :length])
 
 
 def _import_transformers():
@@ -385,7 +402,13 @@ def encode(encoder: SentenceEncoder, tokenizer, sentences: Sequence[str], *, bat
         return np.zeros((0, getattr(encoder, "embedding_dim", None) or 0), dtype=np.float32)
     from tqdm.auto import tqdm
 
-    order = np.argsort(-token_lengths(encoder, tokenizer, sentences), kind="stable")
+    max_length = getattr(encoder, "max_length", None)
+    limit = {} if max_length is None else {"max_length": max_length}
+    # one tokenisation pass, unpadded; batches are padded as they are built
+    encoded = tokenizer(_texts(encoder, sentences), truncation=True, padding=False, return_attention_mask=False,
+                        verbose=False, **limit)
+    columns = [key for key in ("input_ids", "token_type_ids") if key in encoded]
+    order = np.argsort(-np.asarray([len(ids) for ids in encoded["input_ids"]]), kind="stable")
     device = next(encoder.parameters()).device
     out: np.ndarray | None = None
     was_training = encoder.training
@@ -395,7 +418,9 @@ def encode(encoder: SentenceEncoder, tokenizer, sentences: Sequence[str], *, bat
                                           leave=False) as bar:
             for start in range(0, len(sentences), batch_size):
                 index = order[start:start + batch_size]
-                batch = tokenize(encoder, tokenizer, [sentences[i] for i in index])
+                batch = tokenizer.pad({key: [encoded[key][i] for i in index] for key in columns}, return_tensors="pt",
+                                      return_attention_mask=True)
+                batch = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
                 vectors = encoder(**{key: value.to(device) for key, value in batch.items()})
                 if out is None:
                     out = np.empty((len(sentences), vectors.shape[-1]), dtype=np.float32)

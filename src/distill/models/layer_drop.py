@@ -11,12 +11,18 @@ Works for any model whose blocks sit in one ``nn.ModuleList`` at a known path (B
 MiniLM ``encoder.layer``, DistilBERT ``transformer.layer``, GPT-2 ``transformer.h``, Llama /
 Mistral / Qwen ``model.layers``, a :class:`distill.models.hf.SentenceEncoder` around any of them),
 or at ``path=`` for others.
+
+``narrow_ffn(model, width, inputs)`` makes a BERT-style model narrower as well: each block's
+feed-forward layer keeps the ``width`` hidden units (of ``intermediate_size``) that matter most on
+``inputs`` (mean |activation| x the norm of the unit's output weights; structured pruning as in
+Michel et al. 2019 / CoFi, Xia et al. 2022), with the teacher's weights for the units it keeps.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from distill.models.utils import set_module
@@ -80,4 +86,73 @@ def drop_layers(model: nn.Module, keep: Sequence[int], *, path: str | None = Non
     return student
 
 
-__all__ = ["LAYER_PATHS", "drop_layers", "layer_list_path"]
+def _ffn_pairs(model: nn.Module, path: str) -> list[tuple[nn.Linear, nn.Linear]]:
+    """(up, down) Linear pairs of every block's feed-forward layer (BERT ``intermediate.dense`` / ``output.dense``)."""
+    pairs = []
+    for index, block in enumerate(model.get_submodule(path)):
+        up = getattr(getattr(block, "intermediate", None), "dense", None)
+        down = getattr(getattr(block, "output", None), "dense", None)
+        if not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear) and down.in_features == up.out_features):
+            raise ValueError(f"narrow_ffn: block {index} at {path} ({type(block).__name__}) has no BERT-style "
+                             "feed-forward layer (intermediate.dense -> output.dense Linear layers)")
+        pairs.append((up, down))
+    return pairs
+
+
+def narrow_ffn(model: nn.Module, width: int, inputs: dict[str, torch.Tensor] | None = None, *,
+               path: str | None = None) -> nn.Module:
+    """A copy of ``model`` whose feed-forward layers keep ``width`` hidden units each (the teacher is not changed).
+
+    Args:
+        model: a BERT-style Hugging Face encoder (or a SentenceEncoder around one).
+        width: units to keep per block, ``1 <= width <= intermediate_size``.
+        inputs: a batch for ``model(**inputs)`` (e.g. a tokenizer's output on a few hundred sentences);
+            unit ``j`` scores ``mean over valid tokens |act_j| * ||W_down[:, j]||``. Without inputs the
+            score is the weight norm ``||W_up[j]|| * ||W_down[:, j]||``.
+
+    The kept units stay in their original order; ``config.intermediate_size`` is set to ``width``.
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"narrow_ffn: width must be a positive int, got {width!r}")
+    student = copy.deepcopy(model)
+    inner = student.model if hasattr(student, "pooling_modes") else student
+    pairs = _ffn_pairs(inner, path or layer_list_path(inner))
+    current = pairs[0][0].out_features
+    if width > current:
+        raise ValueError(f"narrow_ffn: width {width} is more than the {current} feed-forward units there are")
+    scores = [torch.zeros(up.out_features) for up, _ in pairs]
+    if inputs is not None:
+        mask = inputs.get("attention_mask")
+        hooks = []
+        for number, (_, down) in enumerate(pairs):  # the down projection's input is the activation
+            def record(module, args, number=number):
+                act = args[0].detach().abs().float()  # (B, L, F)
+                if mask is not None and act.ndim == 3 and act.shape[:2] == mask.shape:
+                    act = act[mask.bool()]
+                scores[number] += act.reshape(-1, act.shape[-1]).mean(0)
+            hooks.append(down.register_forward_pre_hook(record))
+        try:
+            was_training = student.training
+            with torch.no_grad():
+                student.eval()(**inputs)
+            student.train(was_training)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    else:
+        scores = [up.weight.detach().norm(dim=1) for up, _ in pairs]
+    for (up, down), score in zip(pairs, scores):
+        keep = torch.sort(torch.topk(score * down.weight.detach().norm(dim=0), width).indices).values
+        up.weight = nn.Parameter(up.weight.detach()[keep].clone())
+        if up.bias is not None:
+            up.bias = nn.Parameter(up.bias.detach()[keep].clone())
+        up.out_features = width
+        down.weight = nn.Parameter(down.weight.detach()[:, keep].clone())
+        down.in_features = width
+    config = getattr(inner, "config", None)
+    if config is not None and hasattr(config, "intermediate_size"):
+        config.intermediate_size = width
+    return student
+
+
+__all__ = ["LAYER_PATHS", "drop_layers", "layer_list_path", "narrow_ffn"]
