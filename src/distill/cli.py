@@ -190,24 +190,9 @@ def embed(
                   + (f"; {truncated} truncated at {limit} tokens" if truncated else ""), highlight=False)
 
 
-@app.command("report")
-def report(
-    folders: List[Path] = typer.Argument(..., help="run folders, distill fit folders, export or diffusion sample folders"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file (default: <folder>/report.html for one "
-                                       "folder, ./report.html for several)"),
-    title: str = typer.Option("distill report", help="the page's title"),
-) -> None:
-    """Write one self-contained HTML page (plots, tables, Pareto fronts; no external requests) for the folders."""
-    from distill.report.html import link_from_markdown, write_html_report
+from distill.report_cli import report as _report_command  # noqa: E402  (kept apart, tested on its own app)
 
-    target = out or (folders[0] / "report.html" if len(folders) == 1 else Path("report.html"))
-    try:
-        path = write_html_report(folders, target, title=title)
-    except (*_user_errors(), ModuleNotFoundError) as exc:
-        _fail(str(exc))
-    if len(folders) == 1 and path.parent.resolve() == folders[0].resolve():
-        link_from_markdown(folders[0] / "report.md", path)
-    console.print(f"Report: {path}", highlight=False)
+app.command("report")(_report_command)
 
 
 def _launch(num_processes: int, recipe: Path, overrides: list[str], **flags: bool) -> None:
