@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from distill.fitting import FitError, candidates_for, fit, measure, rung_epochs
+from distill.fitting import Candidate, FitError, _fits, candidates_for, fit, measure, rung_epochs
 from distill.models import build_model
 
 RECIPE = {
@@ -63,6 +63,15 @@ def test_an_impossible_budget_names_the_smallest_candidate_and_trains_nothing(tm
         fit(recipe(tmp_path), output_dir=tmp_path / "fit2", progress=False)
     with pytest.raises(FitError, match="--target 'gpu'"):
         fit(recipe(tmp_path), target="gpu", max_bytes=10_000, output_dir=tmp_path / "fit3", progress=False)
+
+
+def test_the_latency_margin_is_held_back_from_the_budget_and_sizes_are_exact(tmp_path):
+    candidate = Candidate("mlp@fp32", "mlp", {}, latency_ms=0.095, bytes=1000)
+    assert _fits(candidate, 0.1, None) and not _fits(candidate, 0.1, None, 0.1)  # 0.095 > 0.1 x 0.9
+    assert _fits(candidate, 0.106, None, 0.1) and _fits(candidate, None, 1000, 0.5) and not _fits(candidate, None, 999)
+    for margin in (1.0, -0.1, "0.1", True):
+        with pytest.raises(FitError, match="latency_margin must be a number in \\[0, 1\\)"):
+            fit(recipe(tmp_path), max_latency_ms=1.0, latency_margin=margin, output_dir=tmp_path / "fit")
 
 
 def test_fit_picks_a_student_within_the_size_budget_by_successive_halving(tmp_path):

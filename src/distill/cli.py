@@ -120,6 +120,8 @@ def fit_(
     max_latency_ms: Optional[float] = typer.Option(None, help="budget: ms per batch of --batch on the target"),
     max_bytes: Optional[int] = typer.Option(None, help="budget: bytes of the deployed file"),
     batch: int = typer.Option(1, min=1, help="batch size the latency budget is for"),
+    latency_margin: float = typer.Option(0.1, min=0.0, max=0.99, help="share of the latency budget held back for "
+                                         "timing noise (candidates must time <= budget x (1 - margin))"),
     threads: int = typer.Option(1, min=1, help="threads for timing and training"),
     rungs: int = typer.Option(2, min=0, help="successive-halving rungs before the final training"),
     eta: int = typer.Option(2, min=2, help="keep 1/eta of the candidates per rung"),
@@ -134,7 +136,7 @@ def fit_(
 
     try:
         result = fit(load_recipe(recipe, overrides or []), target=target, max_latency_ms=max_latency_ms,
-                     max_bytes=max_bytes, batch=batch, threads=threads, rungs=rungs, eta=eta,
+                     max_bytes=max_bytes, batch=batch, latency_margin=latency_margin, threads=threads, rungs=rungs, eta=eta,
                      max_candidates=max_candidates, output_dir=out, overwrite=overwrite, progress=progress,
                      say=lambda message: console.print(message, highlight=False))
     except _user_errors() as exc:

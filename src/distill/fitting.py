@@ -173,8 +173,10 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precisi
     return timing[f"b{batch}_ms"], size
 
 
-def _fits(candidate: Candidate, max_latency_ms: float | None, max_bytes: int | None) -> bool:
-    return ((max_latency_ms is None or candidate.latency_ms <= max_latency_ms)
+def _fits(candidate: Candidate, max_latency_ms: float | None, max_bytes: int | None, margin: float = 0.0) -> bool:
+    """Within budget: latency <= ``max_latency_ms x (1 - margin)`` (the margin is held back for timing
+    noise) and bytes <= ``max_bytes`` (sizes are exact, no margin)."""
+    return ((max_latency_ms is None or candidate.latency_ms <= max_latency_ms * (1.0 - margin))
             and (max_bytes is None or candidate.bytes <= max_bytes))
 
 
@@ -219,13 +221,15 @@ def _split(train_set: Any, fraction: float, seed: int):
 
 def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None, max_bytes: int | None = None,
         batch: int = 1, threads: int = 1, rungs: int = 2, eta: int = 2, max_candidates: int = 8,
-        validation_fraction: float = 0.1, output_dir: str | Path | None = None, export: bool = True,
+        validation_fraction: float = 0.1, latency_margin: float = 0.1, output_dir: str | Path | None = None, export: bool = True,
         overwrite: bool = False, progress: bool = True, say: Callable[[str], None] = print) -> FitResult:
     """Find, train and export the best student of the recipe's family within the budget (see the module doc).
 
     ``recipe``: a recipe path, dict or :class:`distill.recipe.Recipe` (its student names the family,
     its ``train.epochs`` the final budget); ``max_latency_ms``: per batch of ``batch`` on ``target``;
-    ``max_bytes``: the deployed file; ``rungs`` / ``eta``: successive halving (``eta`` = 1/fraction
+    ``max_bytes``: the deployed file; ``latency_margin``: the share of the latency budget held back
+    for timing noise (a candidate fits when it measures at most ``max_latency_ms x (1 - margin)``, so
+    that it still meets the budget timed again elsewhere; 0 uses the whole budget); ``rungs`` / ``eta``: successive halving (``eta`` = 1/fraction
     kept per rung); ``max_candidates``: the most trained in the first rung (the largest that fit).
     Writes ``<output_dir>/fit.json``, ``report.html`` (accuracy vs latency and size, the Pareto front),
     ``candidates/<name>/rung_k`` runs and the winner's run ``winner/``.
@@ -243,6 +247,9 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
     for name, value in (("max_latency_ms", max_latency_ms), ("max_bytes", max_bytes)):
         if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value <= 0):
             raise FitError(f"{name} must be a positive finite number, got {value!r}")
+    if isinstance(latency_margin, bool) or not isinstance(latency_margin, (int, float)) or not 0 <= latency_margin < 1:
+        raise FitError(f"latency_margin must be a number in [0, 1) (the share of the latency budget held back for "
+                       f"timing noise), got {latency_margin!r}")
     for name, value, low in (("batch", batch, 1), ("rungs", rungs, 0), ("eta", eta, 2), ("max_candidates", max_candidates, 1),
                              ("threads", threads, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -281,7 +288,7 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
         for precision in PRECISIONS[target]:
             latency_ms, size = measure(model, shape, target, precision, batch=batch, threads=threads)
             candidate = Candidate(f"{name}@{precision}", recipe.student.model, params, precision, count, latency_ms, size)
-            candidate.within_budget = _fits(candidate, max_latency_ms, max_bytes)
+            candidate.within_budget = _fits(candidate, max_latency_ms, max_bytes, latency_margin)
             candidate.stage = "measured" if candidate.within_budget else "over_budget"
             measured.append(candidate)
     if not measured:
@@ -293,7 +300,10 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
         raise FitError(
             f"no candidate meets the budget ({_budget_text(max_latency_ms, max_bytes)} at batch {batch} on {target}): "
             f"the fastest, {fastest.name}, takes {fastest.latency_ms:.4f} ms and {fastest.bytes:,} bytes; the smallest, "
-            f"{smallest.name}, {smallest.latency_ms:.4f} ms and {smallest.bytes:,} bytes. Nothing was trained.")
+            f"{smallest.name}, {smallest.latency_ms:.4f} ms and {smallest.bytes:,} bytes"
+            + (f" (candidates must time <= {max_latency_ms * (1 - latency_margin):.4g} ms: latency_margin "
+               f"{latency_margin:g} of the budget is held back for timing noise)" if max_latency_ms and latency_margin else "")
+            + ". Nothing was trained.")
     best_per_arch: dict[str, Candidate] = {}
     for candidate in fitting:
         arch = candidate.name.rsplit("@", 1)[0]
@@ -348,7 +358,7 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
     teacher_row = _teacher_row(run, teacher, shape, target, batch, threads)
     record = {
         "target": target, "batch": batch, "threads": threads, "metric": "accuracy",
-        "budget": {"max_latency_ms": max_latency_ms, "max_bytes": max_bytes},
+        "budget": {"max_latency_ms": max_latency_ms, "max_bytes": max_bytes, "latency_margin": latency_margin},
         "teacher": teacher_row, "candidates": [asdict(c) for c in measured], "rungs": rung_records,
         "winner": {"name": winner.name, "run_dir": str(run.run_dir), "export_dir": str(export_dir) if export_dir else None,
                    "accuracy": winner.accuracy, "latency_ms": winner_latency, "bytes": winner_bytes,
