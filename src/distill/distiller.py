@@ -187,7 +187,7 @@ class Distiller:
             total = total + term.weight * value
         extra_terms = []  # (metric name, weight, value) of the feature and self-distillation terms
         if self.features is not None:
-            extra_terms += self.features.losses(self.features.module.outputs, teacher_logits, target)
+            extra_terms += self.features.losses(self.features.module.outputs, teacher_logits, target, inputs)
         if self.self_distill is not None:
             extra_terms += self.self_distill.losses(student_logits, target)
         for key, weight, value in extra_terms:

@@ -24,6 +24,7 @@ teacher stages (:func:`stage_paths`), student stage i (0-based) is paired with t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,8 +252,11 @@ class FeatureDistillation:
         return f"feature/{loss}" + (f"/{index}" if repeated else "")
 
     def losses(self, outputs: dict[str, tuple[Tensor, Tensor]], teacher_logits: Tensor | None,
-               target: Tensor | None) -> list[tuple[str, float, Tensor]]:
-        """``(metric name, weight, value)`` per term, the value averaged over the term's pairs."""
+               target: Tensor | None, inputs: Inputs | None = None) -> list[tuple[str, float, Tensor]]:
+        """``(metric name, weight, value)`` per term, the value averaged over the term's pairs.
+
+        A loss that needs ``"mask"`` (token relations) gets the batch's ``attention_mask`` (B, N) from
+        ``inputs`` (a mapping), or ``None`` (every token valid) when the inputs have none."""
         missing = [name for name in self.pairs if name not in outputs]
         if missing:
             raise ValueError(f"feature pairs {missing} have no outputs from the latest forward: call the module with "
@@ -263,7 +267,10 @@ class FeatureDistillation:
             student_side, teacher_side = outputs[name]
             if "logit_head" in term.needs:
                 teacher_side = teacher_logits
-            values.setdefault(index, []).append(term.fn(student_side, teacher_side, target, **term.params))
+            extra = {}
+            if "mask" in term.needs:
+                extra["mask"] = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+            values.setdefault(index, []).append(term.fn(student_side, teacher_side, target, **extra, **term.params))
         return [(self.term_key(index), self.terms[index].weight, torch.stack(parts).mean())
                 for index, parts in values.items()]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses import (FEATURE_LOSS_NEEDS, FEATURE_LOSSES, attention_transfer, cosine, crd, hint, ofa,
-                            rkd_angle, rkd_distance, similarity_preserving)
+from distill.losses import (FEATURE_LOSS_NEEDS, FEATURE_LOSSES, attention_relation, attention_transfer, cosine, crd,
+                            hint, ofa, rkd_angle, rkd_distance, similarity_preserving)
 
 RNG = np.random.default_rng(0)
 MAP_S = RNG.normal(size=(3, 2, 4, 4))  # student map (B, Cs, H, W)
@@ -18,6 +18,8 @@ VEC_S = RNG.normal(size=(4, 3))
 VEC_T = RNG.normal(size=(4, 6))
 TOK_S = RNG.normal(size=(2, 3, 4))  # tokens (B, N, D)
 TOK_T = RNG.normal(size=(2, 3, 4))
+REL_S = RNG.normal(size=(3, 5, 12))  # query/key/value projections (B, N, D): 12 relation heads by default
+REL_T = RNG.normal(size=(3, 5, 24))
 
 
 def t(array) -> torch.Tensor:
@@ -150,8 +152,54 @@ def test_ofa_temperature_without_t_squared():
     assert got.item() == pytest.approx(-(p * log_q).sum(-1).mean(), rel=1e-5)
 
 
+def np_relation_kl(student, teacher, heads, mask):
+    """MiniLMv2's relation loss written out loop by loop: per sample, head and valid query, KL over valid keys."""
+    per_sample = []
+    for b in range(student.shape[0]):
+        valid = np.flatnonzero(mask[b])
+        values = []
+        for r in range(heads):
+            def relation(x):
+                d = x.shape[-1] // heads
+                part = x[b][valid][:, r * d:(r + 1) * d]
+                return np_log_softmax(part @ part.T / math.sqrt(d))
+            log_s, log_t = relation(student), relation(teacher)
+            values.append((np.exp(log_t) * (log_t - log_s)).sum(-1))  # (valid queries,)
+        per_sample.append(np.mean(values))
+    return np.array(per_sample)
+
+
+def test_attention_relation_golden_with_padding_masked():
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    for heads in (1, 3, 12):
+        expected = np_relation_kl(REL_S, REL_T, heads, mask)
+        got = attention_relation(t(REL_S), t(REL_T), heads=heads, mask=torch.tensor(mask), reduction="none")
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-6)
+    changed_s, changed_t = REL_S.copy(), REL_T.copy()
+    changed_s[1, 3:], changed_t[2, 2:] = 100.0, -7.0  # what padding holds does not matter
+    np.testing.assert_allclose(attention_relation(t(changed_s), t(changed_t), heads=3, mask=torch.tensor(mask)).item(),
+                               np_relation_kl(REL_S, REL_T, 3, mask).mean(), rtol=1e-4)
+    wider = torch.tensor(np.concatenate([mask, np.zeros((3, 4), dtype=int)], 1))  # a model trimmed padding columns
+    assert attention_relation(t(REL_S), t(REL_T), heads=3, mask=wider).item() == pytest.approx(
+        np_relation_kl(REL_S, REL_T, 3, mask).mean(), rel=1e-4)
+    assert attention_relation(t(REL_S), t(REL_T), heads=3).item() == pytest.approx(
+        np_relation_kl(REL_S, REL_T, 3, np.ones((3, 5))).mean(), rel=1e-4)
+
+
+def test_attention_relation_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="heads=5 does not divide the student's width 12"):
+        attention_relation(t(REL_S), t(REL_T), heads=5)
+    with pytest.raises(ValueError, match="differ in length"):
+        attention_relation(t(REL_S), t(REL_T[:, :4]))
+    with pytest.raises(ValueError, match=r"\(B, N, D\)"):
+        attention_relation(t(VEC_S), t(VEC_T))
+    with pytest.raises(ValueError, match="a longer mask may only add padding"):
+        attention_relation(t(REL_S), t(REL_T), mask=torch.ones(3, 6))
+
+
 # ----------------------------------------------------------------------------- contracts
-ZERO_AT_EQUALITY = ["hint", "cosine", "attention_transfer", "similarity_preserving", "rkd_distance", "rkd_angle"]
+ZERO_AT_EQUALITY = ["hint", "cosine", "attention_transfer", "similarity_preserving", "rkd_distance", "rkd_angle",
+                    "attention_relation"]
 
 
 def example(name):
@@ -160,6 +208,8 @@ def example(name):
         return t(TOK_S), t(TOK_T), None
     if name == "attention_transfer":
         return t(MAP_S), t(MAP_T), None
+    if name == "attention_relation":
+        return t(REL_S), t(REL_T), None
     if name == "crd":
         return t(VEC_S), t(RNG.normal(size=VEC_S.shape)), None
     if name == "ofa":

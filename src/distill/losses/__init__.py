@@ -11,7 +11,7 @@ each one needs besides the two features: ``"projector"`` (the student feature pr
 teacher's shape: elementwise losses), ``"embedding"`` (an embedding head on each side to a
 shared dim), ``"logit_head"`` (a head from the student feature to class logits, compared with
 the teacher's final logits), ``"map"`` (both features are (B, C, H, W) maps), ``"target"``
-(class ids). An empty set: any two shapes with the same batch size.
+(class ids), ``"mask"`` (the batch's ``attention_mask``, passed as ``mask=``). An empty set: any two shapes with the same batch size.
 
 :func:`check_loss_params` / :func:`check_feature_loss_params` refuse a ``params`` key the loss
 function would not accept, naming the closest valid one, before any training step runs.
@@ -22,6 +22,7 @@ import inspect
 from typing import Any, Callable
 
 from distill.losses.features import (
+    attention_relation,
     attention_transfer,
     cosine,
     crd,
@@ -78,6 +79,7 @@ FEATURE_LOSSES: dict[str, Callable] = {
     "rkd_angle": rkd_angle,
     "crd": crd,
     "ofa": ofa,
+    "attention_relation": attention_relation,
 }
 
 FEATURE_LOSS_NEEDS: dict[str, frozenset[str]] = {
@@ -89,6 +91,7 @@ FEATURE_LOSS_NEEDS: dict[str, frozenset[str]] = {
     "rkd_angle": frozenset(),
     "crd": frozenset({"embedding"}),
     "ofa": frozenset({"logit_head", "target"}),
+    "attention_relation": frozenset({"mask"}),
 }
 
 # What a params dict may not set, per kind: the distiller passes the three tensors (student,

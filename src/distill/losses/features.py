@@ -238,6 +238,56 @@ def rkd_angle(student_features: Tensor, teacher_features: Tensor, target: Tensor
     return _reduce(per_triplet.flatten(1).mean(dim=1), reduction)
 
 
+def attention_relation(student_features: Tensor, teacher_features: Tensor, target: Tensor | None = None, *,
+                       reduction: str = "mean", heads: int = 12, mask: Tensor | None = None) -> Tensor:
+    """Multi-head self-attention relation distillation (MiniLMv2): ``mean_{r, i} KL(R_t[r, i] || R_s[r, i])``.
+
+    Features are token vectors ``(B, N, D)``, typically a layer's query, key or value projection
+    (``...attention.self.query``). Each side is split into ``heads`` relation heads of size
+    ``d = D / heads`` (D may differ between student and teacher; ``heads`` must divide both) and
+    ``R[r] = softmax(X_r X_r^T / sqrt(d))`` (B, heads, N, N) relates every token to every other.
+    The KL over keys is averaged over heads and valid query tokens. ``mask`` (B, N), 1 = a real
+    token: padding is excluded as a key (its relation is -inf) and as a query; a longer mask whose
+    extra columns are padding alone is cut to N (a model that trims padding columns). Pairing Q-Q,
+    K-K and V-V of the teacher's last layer with the student's is the paper's recipe.
+    Wang, Bao, Huang, Dong & Wei, 2021, "MiniLMv2: Multi-Head Self-Attention Relation Distillation
+    for Compressing Pretrained Transformers", ACL Findings (arXiv 2012.15828); the value relation
+    alone is MiniLM's (Wang et al. 2020, arXiv 2002.10957). Result: scalar, or ``(B,)`` for
+    ``reduction="none"``.
+    """
+    student, teacher = _prepare("attention_relation", student_features, teacher_features, reduction, dims=(3,))
+    if student.shape[1] != teacher.shape[1]:
+        raise ValueError(f"attention_relation relates the same tokens on both sides: student {tuple(student.shape)} "
+                         f"and teacher {tuple(teacher.shape)} differ in length")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"attention_relation: heads must be a positive int, got {heads!r}")
+    for side, tensor in (("student", student), ("teacher", teacher)):
+        if tensor.shape[-1] % heads:
+            raise ValueError(f"attention_relation: heads={heads} does not divide the {side}'s width "
+                             f"{tensor.shape[-1]}; choose a common divisor of both widths")
+    batch, length = student.shape[:2]
+    if mask is None:
+        valid = torch.ones(batch, length, dtype=torch.bool, device=student.device)
+    else:
+        valid = mask.to(student.device).bool()
+        if valid.shape[0] != batch or valid.ndim != 2 or valid.shape[1] < length or valid[:, length:].any():
+            raise ValueError(f"attention_relation: mask {tuple(mask.shape)} does not match the tokens "
+                             f"{tuple(student.shape[:2])} (a longer mask may only add padding columns)")
+        valid = valid[:, :length]
+
+    def relations(features: Tensor) -> Tensor:  # (B, heads, N, N) log-probabilities over keys
+        per_head = features.view(batch, length, heads, -1).transpose(1, 2)  # (B, heads, N, d)
+        scores = per_head @ per_head.transpose(-1, -2) / per_head.shape[-1] ** 0.5
+        return torch.log_softmax(scores.masked_fill(~valid[:, None, None, :], float("-inf")), dim=-1)
+
+    log_s, log_t = relations(student), relations(teacher)
+    keys = valid[:, None, None, :]
+    per_query = torch.where(keys, log_t.exp() * (log_t - log_s), 0.0).sum(-1).mean(1)  # (B, N)
+    queries = valid.to(per_query.dtype)
+    per_sample = (per_query * queries).sum(1) / queries.sum(1).clamp(min=1)
+    return _reduce(per_sample, reduction)
+
+
 def crd(student_embeddings: Tensor, teacher_embeddings: Tensor, target: Tensor | None = None, *,
         reduction: str = "mean", nce_t: float = 0.07) -> Tensor:
     """Contrastive representation distillation, in-batch InfoNCE (no memory bank).
