@@ -25,7 +25,7 @@ from distill.artifacts import ArtifactError, read_spec
 from distill.artifacts import save_model as _save_with_spec
 from distill.registry import PYTHON_OBJECT
 
-__all__ = ["distil", "save_model", "load_model", "DEFAULT_LOSSES"]
+__all__ = ["distil", "save_model", "load_model", "open_teacher_cache", "DEFAULT_LOSSES"]
 
 # soft targets at T=4 (Hinton et al. 2015) plus a little of the labels, as the digits recipes use
 DEFAULT_LOSSES = [{"name": "kl", "weight": 0.9, "temperature": 4.0}, {"name": "cross_entropy", "weight": 0.1}]
@@ -186,6 +186,57 @@ def _callbacks(callbacks: Iterable[Any]) -> Callable | None:
     return on_step
 
 
+def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, task: str, batch_size: int = 8,
+                       progress: bool = True):
+    """The teacher cache ``distil(..., cache=...)`` trains from, checked against ``train`` (and ``teacher``).
+
+    ``cache``: an opened cache (:func:`distill.data.open_cache`), the path of a finished one, or a dict
+    ``{"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite"}`` built with ``teacher``
+    when missing (task "token": :func:`distill.data.token_cache.build_token_cache`, default k=32, mode
+    "tail"; else :func:`distill.data.build_cache`). A cache of other data, of another teacher, or of the
+    other kind (token rows vs one row per sample) is refused naming the difference."""
+    from distill.data.cache import CacheError, TeacherCache, build_cache, open_cache, weights_fingerprint
+    from distill.data.token_cache import TokenTeacherCache, build_token_cache
+    from distill.recipe import RecipeError
+
+    try:
+        if isinstance(cache, TeacherCache):
+            opened = cache
+        else:
+            spec = dict(cache) if isinstance(cache, Mapping) else {"path": cache}
+            unknown = sorted(set(spec) - {"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite"})
+            if unknown or "path" not in spec:
+                raise RecipeError(f"argument 'cache': unknown keys {unknown} or no 'path'; give a path, an opened "
+                                  "cache, or {path, k, temperature, dtype, mode, shard_size, overwrite}")
+            path = Path(spec.pop("path"))
+            if teacher is None or (path.is_dir() and not spec.get("overwrite")):
+                if not path.is_dir():
+                    raise RecipeError(f"argument 'cache': no teacher cache at {path}, and no teacher was given to "
+                                      "build one: pass the teacher, or build the cache first")
+                opened = open_cache(path, mode=spec.get("mode"))
+            elif task == "token":
+                opened = build_token_cache(teacher, train, path, batch_size=batch_size, progress=progress,
+                                           report=None, **spec)
+            else:
+                opened = build_cache(teacher, train, path, batch_size=batch_size, progress=progress, **spec)
+    except CacheError as exc:
+        raise RecipeError(f"argument 'cache': {exc}") from None
+    token = isinstance(opened, TokenTeacherCache)
+    if token != (task == "token"):
+        raise RecipeError(f"argument 'cache': {opened.path} holds {'per-token' if token else 'per-sample'} teacher "
+                          f"outputs, but task {task!r} needs {'per-token (a token cache)' if task == 'token' else 'one row per sample'}")
+    expect: dict[str, Any] = {"num_samples": len(train)}
+    fingerprint = getattr(train, "fingerprint", None)
+    if callable(fingerprint):
+        expect["dataset_fingerprint"] = fingerprint()
+    if teacher is not None:
+        expect["teacher_fingerprint"] = weights_fingerprint(teacher)
+    try:
+        return open_cache(opened.path, expect=expect, mode=opened.mode)
+    except CacheError as exc:
+        raise RecipeError(f"argument 'cache': {exc}") from None
+
+
 def distil(
     teacher: Any,
     student: nn.Module,
@@ -216,6 +267,7 @@ def distil(
     checkpoint_every: int = 0,
     tensorboard: bool = False,
     precompute_teacher: bool = False,
+    cache: Any = None,
     threads: int | None = None,
     device: str = "auto",
     student_spec: dict[str, Any] | None = None,
@@ -250,6 +302,10 @@ def distil(
         epochs / steps: training length (optimiser steps win); default one epoch.
         batch_size, eval_batch_size, grad_accum, max_grad_norm, mixed_precision ("no", "bf16",
             "fp16"), skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
+        cache: train from stored teacher outputs instead of running the teacher: a path, an opened cache, or
+            a dict that builds one with ``teacher`` when missing (:func:`open_teacher_cache`). For
+            ``task="token"`` a token cache (top-k + tail per valid token); ``teacher`` may then be None (the
+            teacher is never run; with a teacher it scores the held-out metrics only).
         tensorboard: also write the metrics as TensorBoard scalars to ``<output_dir>/tensorboard``.
         output_dir: the run folder (refused when it holds another run, unless ``resume`` or
             ``overwrite``; ``overwrite`` replaces only a folder distill made).
@@ -271,20 +327,32 @@ def distil(
     if teacher is not None and not isinstance(teacher, nn.Module):
         source = teacher if isinstance(teacher, TeacherSource) else load_teacher(teacher, trust_code=trust_code)
         teacher, description = source.model, source.description
+    stored = None
+    if cache is not None:
+        stored = open_teacher_cache(cache, teacher, train, task=task, batch_size=eval_batch_size, progress=progress)
+    has_teacher = teacher is not None or stored is not None
     if losses is None:
         if task == "embedding":
             losses = [{"name": "cosine_distance"}]
         elif task == "token":
-            losses = [{"name": "kl"}] if teacher is not None else [{"name": "cross_entropy"}]
+            losses = [{"name": "kl", "temperature": stored.temperature if stored is not None else 1.0}] \
+                if has_teacher else [{"name": "cross_entropy"}]
         else:
-            losses = DEFAULT_LOSSES if teacher is not None else [{"name": "cross_entropy"}]
+            losses = DEFAULT_LOSSES if has_teacher else [{"name": "cross_entropy"}]
+    teacher_tree = None
+    if has_teacher:
+        teacher_tree = {"model": f"{PYTHON_OBJECT}:{description or (_class_path(teacher) if teacher is not None else f'cache {stored.path}')}",
+                        "precompute": precompute_teacher}
+        if stored is not None:
+            teacher_tree["cache"] = {"path": str(stored.path), "k": stored.k, "dtype": stored.dtype,
+                                     "temperature": stored.temperature, "mode": stored.mode,
+                                     "shard_size": stored.shard_size}
     tree: dict[str, Any] = {
         "name": name, "seed": seed, "output_dir": str(output_dir), "task": task,
         "data": {"name": f"{PYTHON_OBJECT}:{_describe_data(train)}", "batch_size": batch_size,
                  "eval_batch_size": eval_batch_size},
         "student": {"model": f"{PYTHON_OBJECT}:{_class_path(student)}"},
-        "teacher": None if teacher is None else {"model": f"{PYTHON_OBJECT}:{description or _class_path(teacher)}",
-                                                 "precompute": precompute_teacher},
+        "teacher": teacher_tree,
         "losses": [dict(term) for term in losses],
         "features": [dict(term) for term in features or []],
         "self_distill": self_distill,
@@ -311,8 +379,12 @@ def distil(
         student.train(was_training)
     spec = student_spec if student_spec is not None else infer_spec(student, input_shape=_input_shape(train),
                                                                    num_classes=classes)
+    fingerprint = _objects_fingerprint(student, teacher, train)
+    if stored is not None:  # resume only from the same stored teacher outputs
+        fingerprint = hashlib.sha256(f"{fingerprint}|{stored.manifest['teacher_fingerprint']}|{stored.path}"
+                                     .encode()).hexdigest()[:12]
     objects = RunObjects(student=student, student_spec=spec, teacher=teacher, train=train, test=eval,
-                         num_classes=classes, fingerprint=_objects_fingerprint(student, teacher, train),
+                         num_classes=classes, fingerprint=fingerprint, teacher_outputs=stored,
                          descriptions={"teacher": description or type(teacher).__name__} if teacher is not None else {})
     return run_recipe(recipe, resume=resume, overwrite=overwrite, progress=progress,
                       on_step=_callbacks(callbacks), measure_latency=measure_latency, objects=objects)

@@ -366,6 +366,7 @@ class RunObjects:
     fingerprint: str = ""
     descriptions: dict[str, str] = field(default_factory=dict)
     quantized: bool = False  # the recipe's ``quantize`` is applied already
+    teacher_outputs: Any = None  # an opened teacher cache (distill.data.cache): trained from, the teacher not run
 
 
 def model_input_shape(data: Any) -> tuple[int, ...]:
@@ -560,7 +561,9 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
     if teacher is not None and test_inputs is not None and accelerator.is_main_process:  # for agreement / KL
         teacher_test_logits = outputs_of(teacher, to_device(test_inputs, accelerator.device), "the teacher").cpu()
     teacher_outputs = None
-    if teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
+    if objects.teacher_outputs is not None and any("teacher" in term.needs for term in terms) and not rtn:
+        teacher_outputs, teacher = objects.teacher_outputs, None  # an opened cache: the teacher is not run
+    elif teacher is not None and any("teacher" in term.needs for term in terms) and not rtn:
         teacher_outputs = stored_teacher_outputs(recipe, teacher, train_set, outputs_of, accelerator, progress)
         if teacher_outputs is not None:
             teacher = None  # its outputs are all the loop needs: free its memory

@@ -111,7 +111,7 @@ IDENTITY = {
 _FEATURE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 # the names of the files a cache folder (finished or .partial) holds, and their temporary names
 _OWN_FILE = (r"(?:manifest\.json|progress\.json|shard-\d{5}\.done"
-             r"|(?:logits|values|indices|log_tail|feature\.[A-Za-z0-9_\-]+)-\d{5}\.npy)")
+             r"|(?:logits|values|indices|log_tail|offsets|feature\.[A-Za-z0-9_\-]+)-\d{5}\.npy)")
 _CACHE_FILE = re.compile(rf"^(?:{_OWN_FILE}|\.{_OWN_FILE}\.tmp)$")
 
 
@@ -295,6 +295,15 @@ def _remove_cache_folder(folder: Path, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
+def _rows_of(spec: dict[str, Any], shard: dict[str, Any]) -> int:
+    """Rows of an array's file in ``shard``: one per sample, or (``"per": "token"``, a token cache)
+    one per stored token, or (``"per": "sample+1"``) the samples' token offsets."""
+    per = spec.get("per", "sample")
+    if per == "token":
+        return int(shard["tokens"])
+    return int(shard["rows"]) + (1 if per == "sample+1" else 0)
+
+
 class TeacherCache:
     """A finished cache, memory-mapped. Build with :func:`build_cache`, open with :func:`open_cache`.
 
@@ -329,7 +338,7 @@ class TeacherCache:
                 except (OSError, ValueError) as exc:
                     raise CacheError(f"teacher cache {self.path}: cannot read {file.name} ({exc}); "
                                      "the cache is damaged: rebuild it with `distill cache --overwrite`") from exc
-                expected = (shard["rows"], *spec["row_shape"])
+                expected = (_rows_of(spec, shard), *spec["row_shape"])
                 if array.shape != expected or array.dtype != np.dtype(spec["storage"]):
                     raise CacheError(f"teacher cache {self.path}: {file.name} is {array.dtype} {array.shape}, the "
                                      f"manifest says {spec['storage']} {expected}; rebuild it with "
@@ -482,8 +491,12 @@ def _check_expect(path: Path, manifest: dict[str, Any], expect: dict[str, Any]) 
                          "or point the run at a cache built for it.")
 
 
-def open_cache(path: str | Path, *, expect: dict[str, Any] | None = None, mode: str = "renormalized") -> TeacherCache:
+def open_cache(path: str | Path, *, expect: dict[str, Any] | None = None, mode: str | None = None) -> TeacherCache:
     """Open the finished cache at ``path``; refuse it when it differs from ``expect``.
+
+    A token cache (manifest ``"kind": "token"``, from :func:`distill.data.token_cache.build_token_cache`)
+    opens as a :class:`~distill.data.token_cache.TokenTeacherCache`. ``mode`` of the SparseTeacher
+    lookups: default the mode the manifest records (token caches), else ``"renormalized"``.
 
     ``expect`` maps identity keys (``teacher_fingerprint``, ``dataset_fingerprint``,
     ``dataset_name``, ``dataset_split``, ``num_samples``, ``transform_fingerprint``, ``k``,
@@ -518,6 +531,11 @@ def open_cache(path: str | Path, *, expect: dict[str, Any] | None = None, mode: 
                          f"version {VERSION}: rebuild it with `distill cache --overwrite`")
     if expect:
         _check_expect(path, manifest, expect)
+    mode = mode if mode is not None else manifest.get("mode", "renormalized")
+    if manifest.get("kind") == "token":  # per-token rows of causal-LM sequences
+        from .token_cache import TokenTeacherCache
+
+        return TokenTeacherCache(path, manifest, mode=mode)
     return TeacherCache(path, manifest, mode=mode)
 
 
@@ -573,6 +591,22 @@ def _load_progress(partial: Path, config: dict[str, Any]) -> dict[int, dict[str,
     return done
 
 
+def _check_build_arguments(who: str, path: Path, *, temperature: float, dtype: str, shard_size: int, batch_size: int,
+                           mode: str) -> None:
+    """ValueError naming ``who``'s argument when a build's path or settings are not usable."""
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise ValueError(f"{who}: path {path} must not end in {PARTIAL_SUFFIX!r} (that suffix marks unfinished builds)")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"{who}: temperature must be > 0, got {temperature!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"{who}: dtype={dtype!r} is not one of {DTYPES}")
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{who}: {name} must be an int >= 1, got {value!r}")
+    if mode not in SPARSE_MODES:
+        raise ValueError(f"{who}: mode={mode!r} is not one of {SPARSE_MODES}")
+
+
 def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, k: int | None = None,
                 temperature: float = 1.0, dtype: str = "float16", shard_size: int = 16384,
                 batch_size: int = 512, transform_fingerprint: str = "none",
@@ -604,19 +638,10 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
     the teacher; a matching ``<path>.partial`` is resumed.
     """
     path = Path(path)
-    if path.name.endswith(PARTIAL_SUFFIX):
-        raise ValueError(f"build_cache: path {path} must not end in {PARTIAL_SUFFIX!r} (that suffix marks unfinished builds)")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"build_cache: k must be None (dense) or an int >= 1, got {k!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"build_cache: temperature must be > 0, got {temperature!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"build_cache: dtype={dtype!r} is not one of {DTYPES}")
-    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"build_cache: {name} must be an int >= 1, got {value!r}")
-    if mode not in SPARSE_MODES:
-        raise ValueError(f"build_cache: mode={mode!r} is not one of {SPARSE_MODES}")
+    _check_build_arguments("build_cache", path, temperature=temperature, dtype=dtype, shard_size=shard_size,
+                           batch_size=batch_size, mode=mode)
     if transform_fingerprint != "none":
         raise CacheError(f"build_cache: transform {transform_fingerprint!r} is treated as random augmentation: the "
                          "teacher would see different inputs every epoch, so stored outputs would be wrong. Cache "
@@ -640,25 +665,9 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
         "version": VERSION,
     }
 
-    if path.exists():
-        if (path / MANIFEST).is_file():
-            try:
-                existing = open_cache(path, mode=mode)
-                lines = _differences(_identity(existing.manifest), _identity(config), "this build")
-                if not lines and overwrite:  # --overwrite also replaces a matching cache whose bytes changed
-                    existing.verify()
-            except CacheError as exc:
-                existing, lines = None, [f"  - the cache is unreadable: {exc}"]
-            if not lines and existing is not None:
-                return existing
-            if not overwrite:
-                raise CacheError(f"a teacher cache at {path} exists but does not match this build:\n" + "\n".join(lines)
-                                 + "\nPass overwrite=True (`distill cache --overwrite`) to replace it, or choose another path.")
-        elif not overwrite:
-            raise CacheError(f"{path} exists and is not a teacher cache (no {MANIFEST}); remove it or choose another "
-                             "path (overwrite=True replaces only an empty folder or a cache distill made)")
-    if path.exists() or path.is_symlink():  # overwrite: refuse now, before the teacher runs, if it is not a cache
-        _check_replaceable(path, "teacher cache path")
+    existing = _existing_cache(path, config, mode, overwrite)
+    if existing is not None:
+        return existing
 
     partial = _partial_path(path)
     done: dict[int, dict[str, Any]] | None = None
@@ -683,6 +692,34 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
                              device, progress, path.name)
         done.update(known["shards"])
     return _finalise(path, partial, config, done, known, mode, overwrite, teacher)
+
+
+def _existing_cache(path: Path, config: dict[str, Any], mode: str, overwrite: bool) -> TeacherCache | None:
+    """The finished cache at ``path`` when it matches the build ``config``; else None once replacing it
+    is allowed (``overwrite`` and it is a teacher cache distill made), or CacheError naming each difference."""
+    if path.exists():
+        if (path / MANIFEST).is_file():
+            try:
+                existing = open_cache(path, mode=mode)
+                lines = _differences(_identity(existing.manifest), _identity(config), "this build")
+                if not lines and overwrite:  # --overwrite also replaces a matching cache whose bytes changed
+                    existing.verify()
+            except CacheError as exc:
+                existing, lines = None, [f"  - the cache is unreadable: {exc}"]
+            if existing is not None and existing.manifest.get("kind", "sample") != config.get("kind", "sample"):
+                lines.append(f"  - kind: the cache holds {existing.manifest.get('kind', 'sample')} outputs, this build "
+                             f"{config.get('kind', 'sample')} outputs")
+            if not lines and existing is not None:
+                return existing
+            if not overwrite:
+                raise CacheError(f"a teacher cache at {path} exists but does not match this build:\n" + "\n".join(lines)
+                                 + "\nPass overwrite=True (`distill cache --overwrite`) to replace it, or choose another path.")
+        elif not overwrite:
+            raise CacheError(f"{path} exists and is not a teacher cache (no {MANIFEST}); remove it or choose another "
+                             "path (overwrite=True replaces only an empty folder or a cache distill made)")
+    if path.exists() or path.is_symlink():  # overwrite: refuse now, before the teacher runs, if it is not a cache
+        _check_replaceable(path, "teacher cache path")
+    return None
 
 
 def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shards: list[int],
@@ -861,6 +898,13 @@ def _finalise(path: Path, partial: Path, config: dict[str, Any], done: dict[int,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    _install(path, partial, manifest, overwrite)
+    return TeacherCache(path, manifest, mode=mode)
+
+
+def _install(path: Path, partial: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Write ``manifest`` into the finished ``partial`` build and rename it to ``path`` (replacing, with
+    ``overwrite``, only a teacher cache distill made); drop the build's bookkeeping files."""
     _write_json(partial / MANIFEST, manifest)
     _fsync_dir(partial)
     if path.exists() or path.is_symlink():
@@ -880,4 +924,3 @@ def _finalise(path: Path, partial: Path, config: dict[str, Any], done: dict[int,
     _fsync_dir(path.parent)
     for bookkeeping in (*path.glob("shard-*.done"), path / PROGRESS):
         bookkeeping.unlink(missing_ok=True)
-    return TeacherCache(path, manifest, mode=mode)

@@ -21,9 +21,17 @@ and its output head instead of logits (:class:`TokenHidden`, e.g. from
 (B, L, V) logits never exist at all (TRL's ``DistillationTrainer`` chunks its loss in 256 tokens
 too). :class:`TokenTask` computes every per-position loss this way (``chunk_size=256``; ``None``:
 all positions at once); DIST, a batch statistic, is computed on all positions at once.
+
+**Cached teachers.** The teacher's outputs may come from a token cache
+(:mod:`distill.data.token_cache`): a :class:`~distill.data.token_cache.TokenTeacher` holding, per
+valid token of the batch, the top-k logits, their ids and the tail mass. Every distribution loss of
+the core family then compares the k kept ids plus one tail bucket (mode ``"tail"``; the student's
+tail mass is 1 - the sum of its probabilities on those ids) or the k ids renormalised, in the same
+chunks; with k = V it equals the dense loss.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +41,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from distill.core.io import logits_of
+from distill.data.token_cache import TokenTeacher
+from distill.losses.sparse import SparseTeacher
 from distill.tasks.base import Task
 
 IGNORE_INDEX = -100
@@ -96,6 +106,40 @@ def head_size(head: Head) -> int | None:
     return int(weight.shape[0]) if isinstance(weight, Tensor) and weight.ndim == 2 else None
 
 
+def check_cached_tokens(cached: TokenTeacher, labels: Tensor) -> None:
+    """Refuse stored teacher rows that do not line up with the batch's valid positions (B, L labels)."""
+    valid = (next_token_labels(labels) != IGNORE_INDEX).sum(1)
+    counts = cached.counts.to(valid.device)
+    if counts.shape != valid.shape or not bool((counts == valid).all()):
+        wrong = [] if counts.shape != valid.shape else (counts != valid).nonzero().flatten().tolist()[:5]
+        detail = (f"{len(counts)} sequences for a batch of {len(valid)}" if counts.shape != valid.shape else
+                  ", ".join(f"sequence {row}: {int(counts[row])} stored tokens, {int(valid[row])} valid positions"
+                            for row in wrong))
+        raise ValueError(f"token task: the cached teacher tokens do not line up with the batch ({detail}); the "
+                         "cache was built for other sequences or other masks: rebuild it for this data "
+                         "(distill.data.token_cache.build_token_cache(..., overwrite=True))")
+
+
+def _placed(cached: TokenTeacher, targets: Tensor, start: int, stop: int) -> SparseTeacher:
+    """Token rows ``start:stop`` placed at the valid positions (``targets != -100``) of a chunk (n,): a
+    SparseTeacher over n positions whose other positions hold the uniform distribution (masked anyway)."""
+    rows = cached.rows(start, stop)
+    valid = targets != IGNORE_INDEX
+    if bool(valid.all()):
+        return rows
+    count, k = len(targets), rows.k
+    values = rows.values.new_zeros((count, k))
+    values[valid] = rows.values
+    indices = torch.arange(k, device=rows.indices.device).expand(count, k).clone()
+    indices[valid] = rows.indices
+    log_tail = None
+    if rows.log_tail is not None:
+        uniform = math.log1p(-k / cached.vocab_size) if k < cached.vocab_size else -math.inf
+        log_tail = rows.log_tail.new_full((count,), uniform)
+        log_tail[valid] = rows.log_tail
+    return SparseTeacher(values, indices, log_tail, rows.tail_temperature, rows.mode)
+
+
 def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_head: Head | None, labels: Tensor, *,
                        teacher_logits: Tensor | None = None, teacher_hidden: Tensor | None = None,
                        teacher_head: Head | None = None, temperature: float = 1.0, chunk_size: int = 256,
@@ -110,7 +154,9 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
             (B, L, V) logits with ``student_head=None``: cut into ``chunk_size`` positions (views, no copy).
         labels: (B, L) int64 token ids with -100 where no loss is taken (prompt, padding); position ``i``
             is scored against ``labels[:, i + 1]``.
-        teacher_logits: (B, L, V) teacher logits (any dtype: read one chunk at a time, upcast), or
+        teacher_logits: (B, L, V) teacher logits (any dtype: read one chunk at a time, upcast), or a
+            :class:`~distill.data.token_cache.TokenTeacher` (stored top-k + tail rows of the valid tokens,
+            from a token cache: the loss over k or k + 1 buckets, see :mod:`distill.losses.logits`), or
         teacher_hidden + teacher_head: the teacher's (B, L, H_t) hidden states and its head (run without grad).
         chunk_size: positions per chunk; the loss's peak memory ~ a few ``chunk_size x V`` fp32 tensors.
         params: the loss's own parameters (``beta`` for jsd ...).
@@ -127,14 +173,19 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
         raise ValueError("give the teacher as teacher_logits or as teacher_hidden + teacher_head, not both")
     if teacher_hidden is not None and teacher_head is None:
         raise ValueError("teacher_hidden needs teacher_head (its output layer) to make logits")
-    teacher = teacher_logits if teacher_logits is not None else teacher_hidden
+    cached = teacher_logits if isinstance(teacher_logits, TokenTeacher) else None
+    teacher = None if cached is not None else teacher_logits if teacher_logits is not None else teacher_hidden
     if teacher is not None and teacher.shape[:2] != labels.shape:
         raise ValueError(f"the teacher's outputs {tuple(teacher.shape)} do not cover the labels {tuple(labels.shape)}")
     next_labels = next_token_labels(labels).reshape(-1)
+    if cached is not None:
+        check_cached_tokens(cached, labels)
     flat_student = student.reshape(-1, student.shape[-1])
     flat_teacher = None if teacher is None else teacher.reshape(-1, teacher.shape[-1])
 
-    def teacher_rows(rows: Tensor | slice) -> Tensor | None:
+    def teacher_rows(rows: Tensor | slice, tokens: tuple[int, int] | None) -> Tensor | SparseTeacher | None:
+        if cached is not None:  # stored rows of the valid tokens; inside a chunk of positions, placed at the valid ones
+            return cached.rows(*tokens) if student_head is not None else _placed(cached, next_labels[rows], *tokens)
         if flat_teacher is None:
             return None
         with torch.no_grad():
@@ -144,7 +195,7 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
     def loss_of(student_rows: Tensor, teacher_chunk: Tensor | None, target: Tensor, mask: Tensor | None) -> Tensor:
         student_logits = student_rows if student_head is None else student_head(student_rows)
         student_logits = student_logits.float()
-        if teacher_chunk is not None and teacher_chunk.shape[-1] != student_logits.shape[-1]:
+        if isinstance(teacher_chunk, Tensor) and teacher_chunk.shape[-1] != student_logits.shape[-1]:
             raise ValueError(f"the teacher's vocabulary has {teacher_chunk.shape[-1]} entries and the student's "
                              f"{student_logits.shape[-1]}; distil between models that share a tokenizer (a table "
                              "padded to another size: cut both to the shared ids, distill.llm.ChunkedLM(vocab_size=...))")
@@ -153,13 +204,16 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
 
     if student_head is not None:  # hidden states: gather the valid positions once (N, H), then chunk them
         rows = torch.nonzero(next_labels != IGNORE_INDEX).squeeze(1)
-        pieces = [(rows[start:start + chunk_size], None) for start in range(0, len(rows), chunk_size)]
+        pieces = [(rows[start:start + chunk_size], (start, min(start + chunk_size, len(rows))))
+                  for start in range(0, len(rows), chunk_size)]
         student_pieces = flat_student.index_select(0, rows).split(chunk_size) if len(rows) else ()
     else:  # logits: contiguous views (no copy), invalid positions masked inside a chunk
-        pieces = [(slice(start, start + chunk_size), None) for start in range(0, len(next_labels), chunk_size)]
+        before = torch.cat([next_labels.new_zeros(1), (next_labels != IGNORE_INDEX).cumsum(0)]).tolist()
+        pieces = [(slice(start, start + chunk_size), (before[start], before[min(start + chunk_size, len(next_labels))]))
+                  for start in range(0, len(next_labels), chunk_size)]
         student_pieces = flat_student.split(chunk_size)
     total = student.new_zeros((), dtype=torch.float32)
-    for (index, _), student_rows in zip(pieces, student_pieces):
+    for (index, tokens), student_rows in zip(pieces, student_pieces):
         target = next_labels[index]
         valid = target != IGNORE_INDEX
         if student_head is None:
@@ -169,7 +223,7 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
         else:
             mask = None
         target = torch.where(valid, target, 0)
-        teacher_chunk = teacher_rows(index)
+        teacher_chunk = teacher_rows(index, tokens)
         if torch.is_grad_enabled() and student_rows.requires_grad:
             value = checkpoint(loss_of, student_rows, teacher_chunk, target, mask, use_reentrant=False)
         else:
@@ -211,7 +265,16 @@ class TokenTask(Task):
         labels = token_labels(batch)
         hidden = getattr(student, _HEAD, None)
         head = None if hidden is None else hidden.head
-        if head is None and (self.chunk_size is None or term.name in BATCH_STATISTIC_LOSSES):
+        if isinstance(teacher, TokenTeacher):  # stored top-k + tail rows (a token cache): chunked, always
+            if term.name in BATCH_STATISTIC_LOSSES:
+                raise ValueError(f"token task: loss {term.name!r} needs every teacher logit; a token cache keeps "
+                                 "the top-k only: use kl, reverse_kl, jsd, tvd ... or the live teacher")
+            size = student.shape[-1] if hidden is None else hidden.size()
+            if size is not None and size != teacher.vocab_size:
+                raise ValueError(f"token task: the cached teacher's vocabulary has {teacher.vocab_size} entries and "
+                                 f"the student's {size}; distil between models that share a tokenizer")
+        if head is None and not isinstance(teacher, TokenTeacher) and (
+                self.chunk_size is None or term.name in BATCH_STATISTIC_LOSSES):
             student_logits, next_labels, valid = shifted(student, labels)
             teacher_logits = None if teacher is None else teacher[:, :-1]
             total = term.fn(student_logits, teacher_logits, next_labels, temperature=term.temperature, mask=valid,
