@@ -1,4 +1,4 @@
-"""The ``distill`` command line: demo, run, validate, eval, export, bench."""
+"""The ``distill`` command line: demo, run, validate, eval, export, bench, generate ..."""
 from __future__ import annotations
 
 import json
@@ -190,6 +190,39 @@ def embed(
     console.print(f"{len(sentences):,} sentences -> {out} {vectors.shape} float32"
                   + (f"; {empty} empty line{'s' if empty != 1 else ''} skipped" if empty else "")
                   + (f"; {truncated} truncated at {limit} tokens" if truncated else ""), highlight=False)
+
+
+@app.command("generate")
+def generate_(
+    model: Path = typer.Argument(..., help="a Hugging Face causal-LM folder (config.json, *.safetensors, tokenizer "
+                                 "files; e.g. written by distill.llm.save_causal_lm) or a .gguf file"),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="the text to continue"),
+    max_new_tokens: int = typer.Option(64, min=1, help="tokens to generate at most (fewer at the model's EOS)"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0: greedy (deterministic); > 0: sample at this temperature"),
+    top_k: Optional[int] = typer.Option(None, min=1, help="sample among the k most likely tokens (default: all)"),
+    seed: int = typer.Option(0, help="the sampling seed"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
+) -> None:
+    """Continue PROMPT with a causal LM, streaming the text to stdout as it is generated."""
+    import torch
+
+    from distill.llm.generate import generate, load_generator
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        lm, tokenizer = load_generator(model)
+        write(prompt)
+        generate(lm, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                 seed=seed, on_text=write)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    write("\n")
 
 
 from distill.report_cli import report as _report_command  # noqa: E402  (kept apart, tested on its own app)
