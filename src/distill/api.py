@@ -199,6 +199,7 @@ def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, tas
     from distill.data.token_cache import TokenTeacherCache, build_token_cache
     from distill.recipe import RecipeError
 
+    expect: dict[str, Any] = {"num_samples": len(train)}
     try:
         if isinstance(cache, TeacherCache):
             opened = cache
@@ -209,6 +210,7 @@ def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, tas
                 raise RecipeError(f"argument 'cache': unknown keys {unknown} or no 'path'; give a path, an opened "
                                   "cache, or {path, k, temperature, dtype, mode, shard_size, overwrite}")
             path = Path(spec.pop("path"))
+            expect.update({key: spec[key] for key in ("k", "temperature", "dtype") if key in spec})
             if teacher is None or (path.is_dir() and not spec.get("overwrite")):
                 if not path.is_dir():
                     raise RecipeError(f"argument 'cache': no teacher cache at {path}, and no teacher was given to "
@@ -225,7 +227,6 @@ def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, tas
     if token != (task == "token"):
         raise RecipeError(f"argument 'cache': {opened.path} holds {'per-token' if token else 'per-sample'} teacher "
                           f"outputs, but task {task!r} needs {'per-token (a token cache)' if task == 'token' else 'one row per sample'}")
-    expect: dict[str, Any] = {"num_samples": len(train)}
     fingerprint = getattr(train, "fingerprint", None)
     if callable(fingerprint):
         expect["dataset_fingerprint"] = fingerprint()

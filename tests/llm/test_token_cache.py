@@ -205,3 +205,20 @@ def test_a_student_trained_from_the_cache_alone_comes_closer_to_the_teacher(tmp_
     recipe = (tmp_path / "run" / "recipe.yaml").read_text()
     assert "cache" in recipe and str(cache.path) in recipe
     assert math.isfinite(result.metrics["perplexity"])
+
+
+def test_distil_builds_the_cache_with_the_teacher_and_runs_it_on_held_out_text_only(tmp_path):
+    teacher, train, held_out = sharp_teacher(), token_data(32, seed=6), token_data(8, seed=7, split="test")
+    spec = {"path": tmp_path / "cache", "k": 6}
+    build_token_cache(teacher, train, **spec, progress=False, report=None)
+    seen = []  # the rows of every input the teacher is run on from here on
+    hook = teacher.register_forward_hook(
+        lambda module, args, kwargs, out: seen.extend(map(tuple, kwargs["input_ids"].tolist())), with_kwargs=True)
+    student = causal_lm_from_config("gpt2", vocab_size=VOCAB, hidden_size=16, num_layers=1, max_length=LENGTH, seed=2)
+    result = distill.distil(teacher, student, train, eval=held_out, task="token", cache=spec, epochs=1,
+                            batch_size=8, output_dir=tmp_path / "run", progress=False, measure_latency=False, threads=1)
+    hook.remove()
+    assert seen and set(seen) <= set(map(tuple, held_out.inputs["input_ids"].tolist()))  # never a training batch
+    assert math.isfinite(result.metrics["kl_to_teacher"])
+    with pytest.raises(RecipeError, match="top-k size"):  # a cache of other settings is refused, not reused
+        open_teacher_cache({"path": tmp_path / "cache", "k": 4}, teacher, train, task="token")
