@@ -249,6 +249,7 @@ def distil(
     features: list[dict[str, Any]] | None = None,
     self_distill: dict[str, Any] | None = None,
     quantize: dict[str, Any] | None = None,
+    on_policy: dict[str, Any] | None = None,
     optimizer: str | dict[str, Any] = "adamw",
     lr: float = 1e-3,
     weight_decay: float = 0.0,
@@ -298,6 +299,10 @@ def distil(
         losses: the objective, a list of ``{"name", "weight", "temperature", **params}`` (the
             recipe's ``losses``; default :data:`DEFAULT_LOSSES` with a teacher, cross-entropy without).
         features / self_distill / quantize: the recipe's sections of the same names.
+        on_policy: ``task="token"`` only: on-policy / generalised KD (Agarwal et al. 2024), e.g.
+            ``{"fraction": 0.5, "max_new_tokens": 32, "temperature": 1.0}``: a fraction of the batches
+            is the student's own samples of the data's prompts, scored by the teacher, every token after
+            the first EOS masked (:mod:`distill.llm.onpolicy`; fields as the recipe's ``on_policy:``).
         optimizer, lr, weight_decay, schedule, warmup_steps: ``optimizer`` / ``schedule`` may be a
             name or a full dict of the recipe's section.
         epochs / steps: training length (optimiser steps win); default one epoch.
@@ -364,6 +369,7 @@ def distil(
                   "mixed_precision": mixed_precision, "skip_nonfinite": skip_nonfinite, "threads": threads,
                   "device": device, "checkpoint_every": checkpoint_every, "tensorboard": tensorboard},
         "quantize": quantize,
+        "on_policy": dict(on_policy) if isinstance(on_policy, Mapping) else on_policy,
     }
     recipe = load_recipe(tree)  # every number validated as a recipe's: errors name the argument's field
     if recipe.quantize is not None and recipe.quantize.method == "rtn":

@@ -279,6 +279,24 @@ class SelfDistillSpec(_Strict):
     hidden: Optional[int] = Field(None, ge=1, description="hidden width of the exit heads (default: linear)")
 
 
+class OnPolicySpec(_Strict):
+    """On-policy / generalised KD for ``task: token`` (``on_policy:``; Agarwal et al. 2024, GKD): with
+    probability ``fraction`` a micro-batch's responses are the student's own samples of its prompts,
+    scored by the teacher, the loss taken on the sampled tokens up to the first EOS
+    (:mod:`distill.llm.onpolicy`)."""
+
+    fraction: float = Field(0.5, ge=0, le=1, description="λ: the probability that a micro-batch is sampled "
+                            "from the student (0: supervised KD exactly)")
+    max_new_tokens: int = Field(32, ge=1, description="tokens sampled per prompt at most")
+    temperature: float = Field(1.0, ge=0, description="of the student's draws; 0: greedy")
+    top_k: Optional[int] = Field(None, ge=1, description="sample among the k largest logits (null: all)")
+    prompt_length: Optional[int] = Field(None, ge=1, description="data without a loss_mask (packed text): the "
+                                         "first N tokens of each row are the prompt")
+    eos_token_id: Optional[Union[int, list[int]]] = Field(None, description="the token(s) ending a completion "
+                                                          "(default: the student's config's)")
+    pad_token_id: Optional[int] = Field(None, ge=0, description="what fills rows after their EOS (masked)")
+
+
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -388,6 +406,8 @@ class Recipe(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     quantize: Optional[QuantSpec] = None
+    on_policy: Optional[OnPolicySpec] = Field(None, description="task token: a fraction of the batches sampled "
+                                              "from the student and scored by the teacher (GKD)")
 
     @field_validator("task")
     @classmethod
@@ -425,6 +445,21 @@ class Recipe(_Strict):
         if self.train.strategy == "fsdp" and self.quantize is not None:
             raise ValueError("train.strategy 'fsdp' does not shard quantized students yet (their step sizes are "
                              "scalars): use train.strategy 'ddp' with 'quantize'")
+        return self
+
+    @model_validator(mode="after")
+    def _on_policy_fits(self) -> "Recipe":
+        if self.on_policy is None:
+            return self
+        if self.task != "token":
+            raise ValueError(f"'on_policy' samples completions from a causal-LM student: it needs task 'token', "
+                             f"not {self.task!r}")
+        if self.teacher is None:
+            raise ValueError("'on_policy' has the teacher score the student's samples, but 'teacher' is not set")
+        if self.teacher.precompute or self.teacher.cache is not None:
+            which = "teacher.precompute" if self.teacher.precompute else "teacher.cache"
+            raise ValueError(f"'on_policy' needs the live teacher to score samples drawn during training; {which} "
+                             f"stores its outputs on the data's own tokens only: remove {which} or 'on_policy'")
         return self
 
     @model_validator(mode="after")

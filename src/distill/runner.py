@@ -638,6 +638,23 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             record["agreement"] = float((logits.argmax(-1) == teacher_test_logits.argmax(-1)).float().mean())
         return record
 
+    prepare_batches = None
+    if recipe.on_policy is not None:  # GKD: a fraction of the batches sampled from the student
+        from distill.llm.onpolicy import OnPolicy
+
+        if teacher_outputs is not None or distiller.teacher is None:
+            raise RecipeError("field 'on_policy': the teacher must score the student's samples live, but its "
+                              "outputs were stored ahead (a teacher cache): give the teacher model itself")
+        sampler = OnPolicy(**recipe.on_policy.model_dump(), seed=recipe.seed)
+        try:  # no EOS id: refused before the first step
+            sampler.eos_ids(accelerator.unwrap_model(student))
+        except ValueError as exc:
+            raise RecipeError(f"field 'on_policy.eos_token_id': {exc}") from None
+
+        def prepare_batches(batches, first_micro: int):
+            return sampler.batches(batches, accelerator.unwrap_model(student), first_micro=first_micro,
+                                   rank=accelerator.process_index, num_processes=accelerator.num_processes)
+
     fingerprint = recipe.fingerprint(training_only=True)
     if objects.fingerprint:  # objects given from Python: their identity too
         import hashlib
@@ -654,6 +671,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
                 distiller, loader, optimizer, scheduler, recipe.train,
                 accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
                 fingerprint=fingerprint, evaluate_epoch=evaluate_epoch, on_step=on_step, progress=progress,
+                prepare_batches=prepare_batches,
             )
         finally:
             distiller.remove_hooks()  # never leave hooks on the user's models, even when interrupted

@@ -195,6 +195,7 @@ def train(
     evaluate_epoch: Callable[[int], dict[str, Any]] | None = None,
     on_step: Callable[[TrainState], None] | None = None,
     after_step: Callable[[TrainState], None] | None = None,
+    prepare_batches: Callable[[Any, int], Any] | None = None,
     progress: bool = True,
 ) -> TrainState:
     """Train ``distiller.student`` for ``total_steps`` optimiser steps.
@@ -207,7 +208,10 @@ def train(
     exception propagates with the last periodic checkpoint left as it was). ``after_step`` is
     part of the update itself (an EMA of the weights, say): it runs right after the optimiser
     and schedule steps, before any logging or checkpoint, so a checkpoint holds its effect.
-    Returns the final counters.
+    ``prepare_batches(batches, first_micro)`` may replace batches before the loss sees them (and
+    before a token task counts their valid tokens): it gets each epoch's batches, on the device,
+    and the run's index of the first of them (micro-batches done), e.g. on-policy sampling
+    (:meth:`distill.llm.onpolicy.OnPolicy.batches`). Returns the final counters.
     """
     spec = LoopConfig.of(spec)  # plain values from here on (a recipe's train: section converts)
     run_dir = Path(run_dir)
@@ -279,6 +283,8 @@ def train(
     task = getattr(distiller, "task", None)
     while not done:
         batches = loader.epoch_batches(state.epoch, state.batch)
+        if prepare_batches is not None:
+            batches = prepare_batches((to_device(b, accelerator.device) for b in batches), state.micro)
         if task is not None and task.token_level:  # losses divide by the step's global count of valid tokens
             batches = with_token_normaliser((to_device(b, accelerator.device) for b in batches), task,
                                             spec.grad_accum, accelerator, state.micro)
