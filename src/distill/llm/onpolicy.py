@@ -31,9 +31,9 @@ sampled tokens.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -296,7 +296,7 @@ class OnPolicy:
         :func:`completion_batch`, the rest of the batch (``index`` ...) kept, an input ``target`` dropped."""
         inputs = batch["input"]
         if not isinstance(inputs, Mapping):
-            raise ValueError("on_policy: batches must be dicts of token tensors ({'input_ids', 'attention_mask', "
+            raise TypeError("on_policy: batches must be dicts of token tensors ({'input_ids', 'attention_mask', "
                              f"'loss_mask'}}), got {type(inputs).__name__}")
         eos = self.eos_ids(model)
         pad = eos[0] if self.pad_token_id is None else int(self.pad_token_id)
