@@ -10,7 +10,7 @@ pytest.importorskip("transformers", reason="causal LMs need transformers (the ll
 import distill  # noqa: E402
 from distill.data import TensorData  # noqa: E402
 from distill.distiller import Distiller, LossTerm  # noqa: E402
-from distill.llm import causal_lm_from_config  # noqa: E402
+from distill.llm import ChunkedLM, causal_lm_from_config  # noqa: E402
 from distill.llm.onpolicy import (OnPolicy, completion_batch, completion_mask, prompts_of,  # noqa: E402
                                   sample_completions)
 from distill.recipe import RecipeError  # noqa: E402
@@ -168,6 +168,7 @@ def test_a_resumed_on_policy_run_redraws_the_same_samples(tmp_path):
 
 
 def test_on_policy_run_brings_a_tinier_student_to_the_teacher(tmp_path, monkeypatch):
+    """GKD with λ = 0.5 and JSD(0.5); the student a ChunkedLM (losses from hidden states, sampling from its model)."""
     teacher = tiny_lm(hidden=48, layers=2, seed=0, sharpen=10.0)
     train, held_out = prompt_data(teacher, count=192, seed=0), prompt_data(teacher, count=48, seed=1)
     sampled = []
@@ -180,7 +181,7 @@ def test_on_policy_run_brings_a_tinier_student_to_the_teacher(tmp_path, monkeypa
     monkeypatch.setattr(OnPolicy, "sample_batch", counting)
 
     def run(folder, **kwargs):
-        return distill.distil(teacher, tiny_lm(hidden=16, seed=1), train, eval=held_out, batch_size=16,
+        return distill.distil(teacher, ChunkedLM(tiny_lm(hidden=16, seed=1)), train, eval=held_out, batch_size=16,
                               losses=[{"name": "jsd", "beta": 0.5}], output_dir=tmp_path / folder, **RUN,
                               **kwargs).metrics
 
