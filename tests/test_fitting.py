@@ -33,8 +33,8 @@ def test_the_family_holds_the_recipes_student_and_distinct_sizes():
     cnn = candidates_for("cnn", {"channels": [8, 16]})
     assert all(params["channels"][i + 1] == 2 * params["channels"][i] for _, params in cnn
                for i in range(len(params["channels"]) - 1))
-    with pytest.raises(FitError, match="token_cnn.*FAMILIES"):
-        candidates_for("token_cnn", {})
+    with pytest.raises(FitError, match="static_embedding.*FAMILIES"):
+        candidates_for("static_embedding", {})
 
 
 def test_rungs_grow_by_eta_up_to_the_final_budget():

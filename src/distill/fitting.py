@@ -109,18 +109,64 @@ def _vit_family(params: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# -- text students (token ids in; every family keeps the recipe's vocab_size, so each candidate exports as text)
+def _token_cnn_family(params: dict[str, Any]) -> list[dict[str, Any]]:
+    embed, channels = int(params.get("embed_dim", 64)), int(params.get("channels", 64))
+    return [{**params, "embed_dim": _round_width(embed * e), "channels": _round_width(channels * c)}
+            for e in (0.5, 1.0, 2.0) for c in (0.25, 0.5, 1.0, 2.0)]
+
+
+def _token_gru_family(params: dict[str, Any]) -> list[dict[str, Any]]:
+    embed, hidden, layers = int(params.get("embed_dim", 64)), int(params.get("hidden", 64)), int(params.get("layers", 1))
+    return [{**params, "embed_dim": _round_width(embed * scale), "hidden": _round_width(hidden * scale), "layers": depth}
+            for depth in sorted({1, layers, layers + 1}) for scale in (0.25, 0.5, 1.0, 2.0)]
+
+
+def _static_family(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The static table's width: the (vocab_size, dim) table is nearly all of the model's bytes."""
+    dim = int(params.get("dim", 256))
+    return [{**params, "dim": _round_width(dim * scale)} for scale in (0.125, 0.25, 0.5, 1.0, 2.0)]
+
+
+def _transformer_family(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Blocks kept (1 .. the folder's count) x feed-forward units kept (1/4, 1/2, all of the folder's); and, when the
+    recipe sets ``hidden_size`` (fresh weights), that width halved and doubled too (up to the folder's)."""
+    from distill.models.transformer import folder_config
+
+    if "folder" not in params:
+        raise FitError("field 'student.params.folder': a transformer_student needs the teacher's folder (its blocks "
+                       "and feed-forward width are what distill fit sizes)")
+    try:
+        config = folder_config(params["folder"])
+    except ValueError as exc:
+        raise FitError(f"field 'student.params.folder': {exc}") from None
+    total, ffn = int(config["num_hidden_layers"]), int(config["intermediate_size"])
+    widths = sorted({_round_width(ffn * scale) for scale in (0.25, 0.5, 1.0)})
+    hidden = params.get("hidden_size")
+    hiddens = [None] if hidden is None else sorted({w for w in (_round_width(hidden * 0.5), hidden, hidden * 2)
+                                                    if w <= int(config["hidden_size"])
+                                                    and w % int(config.get("num_attention_heads") or 1) == 0})
+    return [{**params, "layers": depth, "ffn_width": width, **({} if h is None else {"hidden_size": h})}
+            for depth in range(1, total + 1) for width in widths for h in hiddens]
+
+
 # model name -> (its recipe params -> candidate params); a registered model of your own joins with
-# FAMILIES["name"] = fn
+# FAMILIES["name"] = fn. Text students (params.vocab_size, input_shape [max_length]) are timed on token ids.
 FAMILIES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "mlp": _mlp_family, "cnn": _cnn_family, "resnet": _resnet_family, "vit": _vit_family,
+    "token_cnn": _token_cnn_family, "token_gru": _token_gru_family, "static_classifier": _static_family,
+    "transformer_student": _transformer_family,
 }
+
+
+SIZE_KEYS = ("hidden", "channels", "depth", "width", "dim", "embed_dim", "layers", "ffn_width", "hidden_size")
 
 
 def candidate_name(model: str, params: dict[str, Any], base: dict[str, Any]) -> str:
     """A short name from the params that differ from the recipe's (``mlp-hidden=64x2``)."""
     parts = []
     for key in sorted(params):
-        if base.get(key) == params[key] and key not in ("hidden", "channels", "depth", "width", "dim"):
+        if base.get(key) == params[key] and key not in SIZE_KEYS:
             continue
         value = params[key]
         if isinstance(value, (list, tuple)):
@@ -146,15 +192,23 @@ def candidates_for(model: str, params: dict[str, Any]) -> list[tuple[str, dict[s
 
 # ------------------------------------------------------------------------------------- measuring
 def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precision: str, *, batch: int = 1,
-            threads: int = 1, repeats: int = 200) -> tuple[float, int]:
+            threads: int = 1, repeats: int = 200, tokens: Any = None) -> tuple[float, int]:
     """(median ms per batch of ``batch`` on ``target``, deployed bytes) of ``model`` (its weights do not matter).
 
     ``cpu``: the ONNX graph ``distill export --target cpu`` writes (fp32, or int8 dynamic), run by ONNX
-    Runtime's CPU provider with ``threads`` intra-op threads; ``torch``: eager PyTorch, fp32 weights."""
+    Runtime's CPU provider with ``threads`` intra-op threads; ``torch``: eager PyTorch, fp32 weights.
+    Inputs: (batch, *input_shape) float32, or for a text student (``tokens``, a
+    :class:`distill.export.text.TokenInputs`) ``input_ids`` / ``attention_mask`` (batch, max_length) int64 with
+    no padding (the longest input the model is built for), exported with int8 weights per output channel as
+    ``distill export`` writes text students."""
     from distill.export.runtime import EagerRunner, OrtRunner, latency
 
     model = model.eval()
-    sample = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).numpy()
+    if tokens is None:
+        sample = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).numpy()
+    else:
+        ids = torch.randint(0, tokens.vocab_size, (1, tokens.max_length), generator=torch.Generator().manual_seed(0))
+        sample = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy()}
     if target == "torch":
         from distill.models.utils import model_bytes
 
@@ -164,13 +218,32 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], target: str, precisi
     from distill.export import onnx_cpu
 
     with tempfile.TemporaryDirectory(prefix="distill-fit-") as scratch:
-        path = onnx_cpu.save(onnx_cpu.to_onnx(model, input_shape), Path(scratch) / "model.onnx")
+        path = onnx_cpu.save(onnx_cpu.to_onnx(model, input_shape, tokens), Path(scratch) / "model.onnx")
         if precision == "int8-dynamic":
-            path = onnx_cpu.quantize_int8_dynamic(path, Path(scratch) / "model.int8.onnx")
+            path = onnx_cpu.quantize_int8_dynamic(path, Path(scratch) / "model.int8.onnx", per_channel=tokens is not None)
         size = path.stat().st_size
         runner = OrtRunner(path, threads)
         timing = latency(runner, sample, batch_sizes=(batch,), repeats=repeats, warmup=20, min_seconds=0.2)
     return timing[f"b{batch}_ms"], size
+
+
+def candidate_tokens(model: str, params: dict[str, Any], input_shape: tuple[int, ...]):
+    """The token inputs a text candidate is timed on (:class:`distill.export.text.TokenInputs`: its
+    ``params.vocab_size`` ids, rows of ``input_shape[0]`` = the length the model is built for), by the rule
+    ``distill export`` reads off a model file; FitError when the params do not make it a text model."""
+    from distill.export.errors import ExportError
+    from distill.export.text import token_inputs
+
+    spec = {"params": params, "input_shape": list(input_shape)}
+    try:
+        tokens = token_inputs(spec, where=f"field 'student' ({model})")
+    except ExportError as exc:
+        raise FitError(str(exc)) from None
+    if tokens is None:
+        raise FitError(f"field 'student.params.vocab_size': the data holds token ids but the {model} student's params "
+                       f"{params} give no vocab_size; set it to the tokenizer's vocabulary size (a text student "
+                       "records it, so each candidate is timed and exported on token ids)")
+    return tokens
 
 
 def _fits(candidate: Candidate, max_latency_ms: float | None, max_bytes: int | None, margin: float = 0.0) -> bool:
@@ -213,7 +286,8 @@ def _split(train_set: Any, fraction: float, seed: int):
     classes = getattr(train_set, "classes", None)
 
     def part(rows, split):
-        return TensorData(select(train_set.inputs, rows), train_set.targets[rows], name=getattr(train_set, "name", "data"),
+        targets = train_set.targets[rows] if train_set.targets is not None else None
+        return TensorData(select(train_set.inputs, rows), targets, name=getattr(train_set, "name", "data"),
                           classes=list(classes) if classes is not None else None, split=split)
 
     return part(kept, "train"), part(held, "validation")
@@ -272,6 +346,7 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
 
     train_set, _ = load_data(recipe)
     shape, classes = model_input_shape(train_set), train_set.num_classes
+    text = isinstance(train_set.inputs, dict)
     say(f"fit: {len(family)} {recipe.student.model} architectures x {len(PRECISIONS[target])} precisions, "
         f"timed on {target} at batch {batch} ({threads} thread{'s' if threads > 1 else ''})")
 
@@ -279,20 +354,24 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
     measured: list[Candidate] = []
     from tqdm.auto import tqdm
 
+    build_error = None
     for name, params in tqdm(family, desc="measure", disable=not progress, leave=False):
         try:
             model, _ = build_from_spec(recipe.student.model_copy(update={"params": params}), shape, classes, "student")
-        except RecipeError:
+        except RecipeError as exc:
+            build_error = exc
             continue  # a family member the data cannot take (e.g. too many poolings for the image size)
         count = sum(p.numel() for p in model.parameters())
+        tokens = candidate_tokens(recipe.student.model, params, shape) if text else None
         for precision in PRECISIONS[target]:
-            latency_ms, size = measure(model, shape, target, precision, batch=batch, threads=threads)
+            latency_ms, size = measure(model, shape, target, precision, batch=batch, threads=threads, tokens=tokens)
             candidate = Candidate(f"{name}@{precision}", recipe.student.model, params, precision, count, latency_ms, size)
             candidate.within_budget = _fits(candidate, max_latency_ms, max_bytes, latency_margin)
             candidate.stage = "measured" if candidate.within_budget else "over_budget"
             measured.append(candidate)
     if not measured:
-        raise FitError(f"no {recipe.student.model} architecture of the family could be built for inputs {shape}")
+        raise FitError(f"no {recipe.student.model} architecture of the family could be built for inputs {shape}"
+                       + (f" (the last: {build_error})" if build_error is not None else ""))
     fitting = [c for c in measured if c.within_budget]
     if not fitting:
         fastest = min(measured, key=lambda c: c.latency_ms)
@@ -355,7 +434,7 @@ def fit(recipe: Any, *, target: str = "cpu", max_latency_ms: float | None = None
     export_dir, winner_latency, winner_bytes = None, winner.latency_ms, winner.bytes
     if export and target == "cpu":
         export_dir, winner_latency, winner_bytes = _export(run.run_dir, winner, batch, threads)
-    teacher_row = _teacher_row(run, teacher, shape, target, batch, threads)
+    teacher_row = _teacher_row(run, teacher, shape, target, batch, threads, text)
     record = {
         "target": target, "batch": batch, "threads": threads, "metric": "accuracy",
         "budget": {"max_latency_ms": max_latency_ms, "max_bytes": max_bytes, "latency_margin": latency_margin},
@@ -420,13 +499,20 @@ def _export(run_dir: Path, winner: Candidate, batch: int, threads: int) -> tuple
     return out_dir, float(latency_ms), int(card["artifact"]["bytes"])
 
 
-def _teacher_row(run: Any, teacher: nn.Module | None, shape, target: str, batch: int, threads: int) -> dict | None:
+def _teacher_row(run: Any, teacher: nn.Module | None, shape, target: str, batch: int, threads: int,
+                 text: bool = False) -> dict | None:
     if teacher is None:
         return None
     row = {"name": "teacher", "parameters": sum(p.numel() for p in teacher.parameters()),
            "accuracy": (run.metrics.get("teacher_metrics") or {}).get("accuracy")}
     try:
-        row["latency_ms"], row["bytes"] = measure(teacher, shape, target, "fp32", batch=batch, threads=threads)
+        tokens = None
+        if text:
+            from distill.export.text import TokenInputs, vocabulary_size
+
+            tokens = TokenInputs(vocab_size=vocabulary_size(teacher), max_length=int(shape[0]))
+        row["latency_ms"], row["bytes"] = measure(teacher, shape, target, "fp32", batch=batch, threads=threads,
+                                                  tokens=tokens)
     except Exception as exc:  # a teacher ONNX cannot take is reported, not fatal
         row["latency_ms"], row["bytes"], row["error"] = None, None, str(exc).splitlines()[0]
     return row

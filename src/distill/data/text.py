@@ -477,13 +477,17 @@ __all__ = [
 def text_classification(split: str, root: str | Path | None = None, cache_dir: str | Path | None = None, *,
                         train_file: str = "train.csv", test_file: str = "test.csv", text_column: str = "text",
                         label_column: str = "label", classes: str | None = None, max_length: int = 128,
-                        max_vocab: int = 30000, min_freq: int = 1) -> TensorData:
+                        max_vocab: int = 30000, min_freq: int = 1, tokenizer: str | None = None) -> TensorData:
     """The registered ``text_classification`` data set: ``root/train_file`` / ``root/test_file``
     (CSV / TSV / JSONL, see :func:`read_text_classification`) as token ids of a :class:`WordVocab`
     built from the training file (both splits share it; ids < ``max_vocab``, 0 = padding), so a
     recipe reads e.g. AG News with ``data: {name: text_classification, root: ../shared/data/ag_news,
     params: {classes: classes.txt}}`` and a ``token_cnn`` student with ``vocab_size: 30000``.
     ``classes``: a file in ``root`` with one class name a line (else from the labels).
+
+    ``tokenizer``: a model folder (a sentence-transformers or Hugging Face one, e.g. the teacher's) whose
+    tokenizer replaces the word vocabulary (for a ``transformer_student`` of that folder); both splits are
+    then padded to ``max_length``, so the model's recorded length covers every row.
     """
     from .datasets import _check_split, _require_root
 
@@ -496,8 +500,33 @@ def text_classification(split: str, root: str | Path | None = None, cache_dir: s
     class_names = folder / classes if classes is not None else None
     train_texts, _, _ = read_text_classification(folder / train_file, text_column=text_column,
                                                  label_column=label_column, classes=class_names)
-    vocab = WordVocab.build(train_texts, max_size=max_vocab, min_freq=min_freq)
+    vocab = WordVocab.build(train_texts, max_size=max_vocab, min_freq=min_freq) if tokenizer is None else \
+        _folder_tokenizer(tokenizer, max_length)
     path = folder / (train_file if split == "train" else test_file)
     return text_classification_data(path, tokenizer=vocab, max_length=max_length, text_column=text_column,
                                     label_column=label_column, classes=class_names, name="text_classification",
                                     split=split)
+
+
+def _folder_tokenizer(folder: str | Path, max_length: int):
+    """The Hugging Face tokenizer of a model folder (local files only), padding every batch to ``max_length``."""
+    from distill.models.hf import _read_layout
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset 'text_classification': params.tokenizer {str(path)!r} is not a folder (give "
+                                "the model folder whose tokenizer the student reads, e.g. the teacher's)")
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("dataset 'text_classification': params.tokenizer needs transformers (the text extra: "
+                          "pip install 'distill[text]')") from exc
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(_read_layout(path)["model_folder"]),
+                                                           local_files_only=True, trust_remote_code=False)
+
+    def encode(texts, *, padding="longest", truncation=True, max_length=max_length, return_tensors=None):
+        return tokenizer(texts, padding="max_length" if padding else False, truncation=truncation,
+                         max_length=max_length, return_tensors=return_tensors)
+
+    encode.tokenizer = tokenizer  # the Hugging Face tokenizer itself
+    return encode

@@ -22,9 +22,10 @@ from distill.models.resnet import ResNet  # noqa: E402
 from distill.models.utils import count_parameters, describe, model_bytes  # noqa: E402
 from distill.models.static import StaticEmbedding  # noqa: E402
 from distill.models.text import TokenCNN  # noqa: E402
+from distill.models.transformer import TransformerStudent  # noqa: E402
 from distill.models.vit import ViT  # noqa: E402
 
-__all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "ViT", "TokenCNN", "StaticEmbedding", "count_parameters", "model_bytes", "describe"]
+__all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "ViT", "TokenCNN", "TransformerStudent", "StaticEmbedding", "count_parameters", "model_bytes", "describe"]
 
 
 def _valid_params(factory) -> tuple[list[str], bool]:
