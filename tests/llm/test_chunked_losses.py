@@ -131,3 +131,30 @@ def test_token_task_chunked_equals_all_at_once(name):
     assert repr(TokenTask(chunk_size=4)) == "TokenTask(chunk_size=4)"
     with pytest.raises(ValueError, match="chunk_size"):
         TokenTask(chunk_size=0)
+
+
+def test_the_head_runs_once_per_chunk_and_frozen_parts_get_no_gradient():
+    """The fused path computes each chunk's gradients in the forward pass: the head's matmul is never
+    recomputed in backward (checkpointing would run it twice), and the gradients equal the plain ones."""
+    hidden, head, teacher, labels = setup()
+    calls = []
+    head.register_forward_hook(lambda *_: calls.append(1))
+    kl = LOGIT_LOSSES.get("kl")
+    valid = int((labels[:, 1:] != -100).sum())
+    got = chunked_token_loss(kl, hidden, head, labels, teacher_logits=teacher, chunk_size=4)
+    got.backward()
+    assert len(calls) == -(-valid // 4)
+    mine = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    hidden.grad = head.weight.grad = head.bias.grad = None
+    plain(kl, hidden, head, teacher, labels).backward()
+    for a, b in zip(mine, (hidden.grad, head.weight.grad, head.bias.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # the chunks compute in fp32
+    # a frozen head: only the hidden states get a gradient; frozen hidden states: only the head
+    head.requires_grad_(False)
+    hidden.grad = None
+    chunked_token_loss(kl, hidden, head, labels, teacher_logits=teacher, chunk_size=4).backward()
+    torch.testing.assert_close(hidden.grad, mine[0])
+    head.requires_grad_(True)
+    head.weight.grad = None
+    chunked_token_loss(kl, hidden.detach(), head, labels, teacher_logits=teacher, chunk_size=4).backward()
+    torch.testing.assert_close(head.weight.grad, mine[1])

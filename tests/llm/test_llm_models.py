@@ -60,7 +60,8 @@ def test_chunked_lm_saves_no_tensor_of_every_position_times_the_vocabulary():
             Distiller(model.train(), teacher, [LossTerm("kl")], task=TokenTask(chunk_size))(batch)["loss"].backward()
         return max(sizes)
 
-    assert largest(ChunkedLM(student), 8) <= 8 * vocab  # one chunk of logits
+    # at most one chunk of logits, or the head's (V, H) weight gradient that the fused path keeps for backward
+    assert largest(ChunkedLM(student), 8) <= max(8 * vocab, vocab * 16) < positions * vocab / 2
     assert largest(student, None) >= positions * vocab  # the model's own head saves (B, L, V)-sized tensors
 
 

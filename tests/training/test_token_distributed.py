@@ -54,8 +54,12 @@ TINY = textwrap.dedent('''
         return TensorData({"input_ids": ids * mask, "attention_mask": mask}, name="sentences")
 
 
-    def run(output_dir):
-        return distill.distil(gpt(2, seed=1), gpt(1, seed=2), sentences(), task="token", steps=1,
+    def run(output_dir, chunked=False):
+        student = gpt(1, seed=2)
+        if chunked:  # hidden states + head: the fused chunked loss (its head tied to the embeddings)
+            from distill.llm import ChunkedLM
+            student = ChunkedLM(student)
+        return distill.distil(gpt(2, seed=1), student, sentences(), task="token", steps=1,
                               batch_size=GLOBAL_BATCH, losses=LOSSES,
                               optimizer={"name": "sgd", "lr": LR, "momentum": 0.0}, schedule="constant",
                               threads=1, output_dir=output_dir, progress=False, measure_latency=False)
@@ -66,11 +70,13 @@ SCRIPT = textwrap.dedent('''
 
     from tiny_token import run
 
-    result = run(sys.argv[1])
-    if result.model is not None:  # the main process
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
-        save_file({k: v.detach().clone() for k, v in result.model.state_dict().items()}, sys.argv[2])
+    for output_dir, weights, chunked in ((sys.argv[1], sys.argv[2], False), (sys.argv[3], sys.argv[4], True)):
+        result = run(output_dir, chunked=chunked)
+        if result.model is not None:  # the main process
+            model = result.model.model if chunked else result.model
+            save_file({k: v.detach().clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}, weights)
 ''')
 
 
@@ -158,11 +164,15 @@ def test_two_processes_equal_one_process_on_token_data_of_varying_lengths(tmp_pa
     (tmp_path / "ddp_token.py").write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               str(tmp_path / "ddp_token.py"), str(tmp_path / "two"), str(tmp_path / "two.safetensors")]
+               str(tmp_path / "ddp_token.py"), str(tmp_path / "two"), str(tmp_path / "two.safetensors"),
+               str(tmp_path / "chunked"), str(tmp_path / "chunked.safetensors")]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = load_file(str(tmp_path / "two.safetensors"))
+    reference = {k: v for k, v in reference.items() if k != "lm_head.weight"}  # tied to wte (safetensors keeps one)
     assert_close_weights(reference, two)
+    # the same two processes with a ChunkedLM student (fused chunked loss, tied head): the same step
+    assert_close_weights(reference, load_file(str(tmp_path / "chunked.safetensors")))
     # the logged loss (the mean over processes of each one's loss) is the global mean over every valid token
     assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5)
     assert len(train_losses(tmp_path / "two")) == 1

@@ -217,6 +217,21 @@ def shared_vocabulary_size(teacher: nn.Module, student: nn.Module, teacher_token
     return size
 
 
+class _CutHead(nn.Module):
+    """An output layer whose logits are cut to the first ``vocab_size`` ids (N, H) -> (N, vocab_size); a module,
+    so the token task sees (and gives gradients to) the head's parameters."""
+
+    def __init__(self, head: nn.Module, vocab_size: int) -> None:
+        super().__init__()
+        self.head, self.vocab_size = head, vocab_size
+        self.out_features = vocab_size
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        bias = getattr(self.head, "bias", None)
+        return nn.functional.linear(hidden, self.head.weight[:self.vocab_size],
+                                    None if bias is None else bias[:self.vocab_size])
+
+
 class ChunkedLM(nn.Module):
     """A causal LM whose training forward gives its final hidden states and output head
     (:class:`distill.tasks.token.TokenHidden`) instead of (B, L, V) logits, so the token task computes
@@ -243,17 +258,15 @@ class ChunkedLM(nn.Module):
     def head(self, hidden: Tensor) -> Tensor:
         """Logits (N, V) of hidden states (N, H), cut to ``vocab_size`` ids when given."""
         head = self.model.get_output_embeddings()
-        if self.vocab_size is None:
-            return head(hidden)
-        bias = getattr(head, "bias", None)
-        return nn.functional.linear(hidden, head.weight[:self.vocab_size],
-                                    None if bias is None else bias[:self.vocab_size])
+        return (head if self.vocab_size is None else _CutHead(head, self.vocab_size))(hidden)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **inputs: Any):
         inputs.pop(LOSS_MASK, None)  # the token task's, not the model's
         if self.training and torch.is_grad_enabled():
             base = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
-            head = self.model.get_output_embeddings() if self.vocab_size is None else self.head
+            head = self.model.get_output_embeddings()
+            if self.vocab_size is not None:
+                head = _CutHead(head, self.vocab_size)
             return TokenHidden(base.last_hidden_state, head, self.vocab_size)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
         if self.vocab_size is not None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from distill.core.io import logits_of
@@ -140,6 +140,49 @@ def _placed(cached: TokenTeacher, targets: Tensor, start: int, stop: int) -> Spa
     return SparseTeacher(values, indices, log_tail, rows.tail_temperature, rows.mode)
 
 
+class _FusedChunks(torch.autograd.Function):
+    """Sum of a per-chunk loss over ``chunk_size``-row pieces of (N, H) hidden states, with the gradients
+    (of the rows and of the head's parameters) computed piece by piece during the forward pass and kept:
+    the (N, V) logits never exist at once and the backward pass only scales the stored gradients by the
+    incoming one, so the head's matmul is not recomputed (as checkpointing would) -- the fused
+    linear + loss of Liger-Kernel / Apple's cut cross-entropy, for any loss of the family.
+    Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, piece_loss: Callable[[int, Tensor], Tensor], chunk_size: int, hidden: Tensor,
+                *params: Tensor) -> Tensor:
+        wants_hidden = hidden.requires_grad
+        grad_hidden = torch.zeros_like(hidden) if wants_hidden else None
+        grad_params: list[Tensor | None] = [None] * len(params)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        with torch.enable_grad():
+            for number, rows in enumerate(hidden.detach().split(chunk_size)):
+                rows = rows.requires_grad_(wants_hidden)
+                value = piece_loss(number, rows).float()
+                inputs = ([rows] if wants_hidden else []) + list(params)
+                got = torch.autograd.grad(value, inputs, allow_unused=True)
+                if wants_hidden:
+                    start = number * chunk_size
+                    if got[0] is not None:
+                        grad_hidden[start:start + len(rows)] = got[0]
+                    got = got[1:]
+                for position, grad in enumerate(got):
+                    if grad is not None:
+                        grad_params[position] = grad if grad_params[position] is None else grad_params[position] + grad
+                total = total + value.detach()
+        ctx.wants_hidden = wants_hidden
+        ctx.unused = [grad is None for grad in grad_params]
+        ctx.save_for_backward(*([grad_hidden] if wants_hidden else []), *[g for g in grad_params if g is not None])
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        saved = list(ctx.saved_tensors)
+        grad_hidden = saved.pop(0) * grad_output if ctx.wants_hidden else None  # a 0-dim factor keeps each dtype
+        grads = iter(saved)
+        return (None, None, grad_hidden, *[None if unused else next(grads) * grad_output for unused in ctx.unused])
+
+
 def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_head: Head | None, labels: Tensor, *,
                        teacher_logits: Tensor | None = None, teacher_hidden: Tensor | None = None,
                        teacher_head: Head | None = None, temperature: float = 1.0, chunk_size: int = 256,
@@ -212,6 +255,18 @@ def chunked_token_loss(loss_fn: Callable[..., Tensor], student: Tensor, student_
         pieces = [(slice(start, start + chunk_size), (before[start], before[min(start + chunk_size, len(next_labels))]))
                   for start in range(0, len(next_labels), chunk_size)]
         student_pieces = flat_student.split(chunk_size)
+    if student_head is not None and torch.is_grad_enabled() and len(pieces):
+        # a head that is not a module may hold parameters we cannot see: it keeps the checkpointed path
+        fused = isinstance(student_head, nn.Module)
+        head_params = tuple(p for p in student_head.parameters() if p.requires_grad) if fused else ()
+        gathered = flat_student.index_select(0, rows)
+        if fused and (gathered.requires_grad or head_params):
+            def piece_loss(number: int, student_rows: Tensor) -> Tensor:
+                index, tokens = pieces[number]
+                target = next_labels[index]
+                return loss_of(student_rows, teacher_rows(index, tokens), target, None)
+
+            return _FusedChunks.apply(piece_loss, chunk_size, gathered, *head_params)
     total = student.new_zeros((), dtype=torch.float32)
     for (index, tokens), student_rows in zip(pieces, student_pieces):
         target = next_labels[index]
