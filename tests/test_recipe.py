@@ -242,3 +242,14 @@ def test_fingerprint_changes_with_the_recipe_and_not_with_key_order():
     assert load_recipe(reordered).fingerprint() == recipe.fingerprint()
     assert load_recipe(DISTILL, ["optimizer.lr=0.2"]).fingerprint() != recipe.fingerprint()
     assert len(recipe.fingerprint()) == 12
+
+
+def test_training_fingerprint_ignores_fields_left_at_their_defaults():
+    """A field added later at a default that keeps the old behaviour must not make older runs unresumable."""
+    recipe = load_recipe(DISTILL)
+    explicit = load_recipe({**copy.deepcopy(DISTILL), "on_policy": None, "task": "classification"})
+    assert explicit.fingerprint(training_only=True) == recipe.fingerprint(training_only=True)
+    assert load_recipe(DISTILL, ["train.threads=3"]).fingerprint(training_only=True) == \
+        recipe.fingerprint(training_only=True)
+    assert load_recipe(DISTILL, ["optimizer.lr=0.2"]).fingerprint(training_only=True) != \
+        recipe.fingerprint(training_only=True)

@@ -531,13 +531,15 @@ class Recipe(_Strict):
 
         ``training_only`` leaves out what does not change the numbers a run computes (the
         output folder, threads, logging and checkpoint cadence), so a run may be resumed with
-        those changed.
+        those changed, and every field left at its default, so that a field added in a later
+        version (at a default that keeps the old behaviour) does not make older runs unresumable.
         """
         tree = self.to_dict()
         if training_only:
-            tree.pop("output_dir")
+            tree = self.model_dump(mode="json", exclude_defaults=True)
+            tree.pop("output_dir", None)
             for key in NOT_NUMERIC_TRAIN_KEYS:
-                tree["train"].pop(key)
+                tree.get("train", {}).pop(key, None)
         text = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

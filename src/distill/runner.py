@@ -722,12 +722,36 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
              "threads": threads, "seed": recipe.seed, "name": recipe.name}
         )
         atomic_write(run_dir / "eval.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
+        write_generations(run_dir, task, test_set, {"teacher": objects.teacher, "student": model})
         from distill.report.markdown import write_run_report
 
         write_run_report(run_dir, recipe, metrics)
     accelerator.wait_for_everyone()
     return RunResult(run_dir, model_path, metrics, state, train_seconds,
                      model.cpu() if accelerator.is_main_process and model is not None else None)
+
+
+GENERATIONS_FILE = "generations.json"
+
+
+def write_generations(run_dir: Path, task, test_set, models: dict[str, nn.Module | None]) -> Path | None:
+    """A token run's sample generations (``generations.json``: greedy continuations of the first held-out
+    prompts by the teacher and the student, beside the data's own text) when its held-out data carries
+    the tokenizer (:func:`distill.llm.prompt_response_data` and :func:`distill.llm.packed_text_data`
+    attach it); None otherwise. The report shows them."""
+    from distill.tasks.token import TokenTask
+
+    tokenizer = getattr(test_set, "tokenizer", None)
+    if not isinstance(task, TokenTask) or tokenizer is None or not hasattr(tokenizer, "decode"):
+        return None
+    from distill.llm.generate import sample_generations
+
+    samples = sample_generations(models, tokenizer, test_set)
+    if not samples["generations"]:
+        return None
+    path = run_dir / GENERATIONS_FILE
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(samples, indent=2, ensure_ascii=False), encoding="utf-8"))
+    return path
 
 
 def write_student(model: nn.Module, path: Path, spec: dict[str, Any] | None) -> Path:

@@ -40,3 +40,25 @@ def test_distilled_student_comes_to_the_teacher_on_held_out_text(tmp_path):
     assert after["kl_to_teacher"] < 0.5 * before["kl_to_teacher"]
     assert after["kl_to_teacher"] < 0.95 * text_alone["kl_to_teacher"]  # the teacher's distribution, not only the text's
     assert after["perplexity"] < 0.7 * before["perplexity"]
+
+    # the run's report shows greedy continuations of held-out prompts by teacher and student
+    import json
+
+    from distill.report.html import section
+
+    samples = json.loads((tmp_path / "after" / "generations.json").read_text(encoding="utf-8"))
+    assert set(samples["generations"]) == {"teacher", "student"} and len(samples["prompts"]) == 4
+    prompt = held_out.inputs["input_ids"][0, :16]  # packed text has no prompt mask: its first 16 tokens
+    assert samples["prompts"][0] == tokenizer.decode(prompt.tolist(), skip_special_tokens=True)
+    ids = prompt[None]
+    with torch.no_grad():  # greedy decoding by hand: the teacher's continuation, token by token
+        for _ in range(min(samples["max_new_tokens"], 32 - 16)):  # the model has 32 positions
+            next_id = teacher.eval()(input_ids=ids).logits[0, -1].argmax()
+            if int(next_id) == tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    assert samples["generations"]["teacher"][0] == tokenizer.decode(ids[0, 16:].tolist(), skip_special_tokens=True)
+    assert samples["generations"]["teacher"] != samples["generations"]["student"]
+    assert "## Sample generations" in (tmp_path / "after" / "report.md").read_text(encoding="utf-8")
+    page = section(tmp_path / "after")
+    assert "Sample generations" in page and "held-out text" in page

@@ -113,3 +113,22 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused_naming_it(tmp_path):
         load_generator(empty)
     with pytest.raises(GenerateError, match="does not exist"):
         load_generator(tmp_path / "missing")
+
+
+def test_sample_generations_continue_the_prompt_part_of_prompt_response_rows(tmp_path, tokenizer):
+    from distill.llm import prompt_response_data, sample_generations
+    from distill.report.markdown import read_generations
+
+    model = tiny(tokenizer)
+    data = prompt_response_data([{"prompt": "the cat", "response": " sat on the mat"},
+                                 {"prompt": "a dog", "response": " ran in the park"}], tokenizer, max_length=16)
+    samples = sample_generations({"student": model, "not an LM": torch.nn.Linear(2, 2)}, tokenizer, data,
+                                 max_new_tokens=12)
+    assert samples["prompts"] == ["the cat", "a dog"]  # the loss mask's boundary, not the first 16 tokens
+    assert samples["references"] == [" sat on the mat", " ran in the park"]
+    assert list(samples["generations"]) == ["student"]  # a module that cannot generate is left out
+    assert samples["generations"]["student"][0] == greedy(model, tokenizer, 12)
+    (tmp_path / "generations.json").write_text(json.dumps(samples))
+    assert read_generations(tmp_path) == samples
+    (tmp_path / "generations.json").write_text(json.dumps({**samples, "references": ["one"]}))
+    assert read_generations(tmp_path) is None  # malformed: the report leaves the section out

@@ -147,6 +147,7 @@ def packed_text_data(texts: Iterable[str], tokenizer, *, length: int = 128, name
     data = TensorData({"input_ids": ids.view(rows, length), "attention_mask": mask.view(rows, length)},
                       name=name, split=split)
     data.num_tokens = len(stream)
+    data.tokenizer = tokenizer  # a run's report decodes sample generations with it
     return data
 
 
@@ -202,6 +203,7 @@ def prompt_response_data(examples: Sequence[dict[str, Any]], tokenizer, *, max_l
     data = TensorData({"input_ids": input_ids, "attention_mask": attention, LOSS_MASK: loss_mask}, name=name,
                       split=split)
     data.num_truncated, data.num_dropped = truncated, dropped
+    data.tokenizer = tokenizer  # a run's report decodes sample generations with it
     return data
 
 

@@ -165,6 +165,74 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     return model
 
 
+def positions_left(model: nn.Module, length: int) -> int | None:
+    """How many tokens a causal LM with learnt positions can add to a sequence of ``length`` (its
+    config's ``max_position_embeddings`` / ``n_positions`` minus ``length``); None when it names no limit."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return None if not isinstance(limit, int) else limit - length
+
+
+def sample_generations(models: dict[str, nn.Module], tokenizer: Any, data: Any, *, count: int = 4,
+                       max_new_tokens: int = 32, prompt_tokens: int = 16) -> dict[str, Any]:
+    """Greedy continuations of the first ``count`` prompts of token ``data`` by each of ``models``
+    (e.g. ``{"teacher": ..., "student": ...}``), for a run's report.
+
+    ``data``: token data with ``inputs["input_ids"]`` (N, L) and ``attention_mask`` (and ``loss_mask``,
+    as :func:`distill.llm.prompt_response_data` gives): a row's prompt is its tokens before the first
+    loss-masked-in one (its first ``prompt_tokens`` tokens when it has no loss mask, as packed text),
+    the reference is what follows in the data (cut at ``max_new_tokens`` tokens). Models that are not
+    Hugging Face causal LMs (no ``generate``) are left out. Returns ``{"prompts": [str], "references":
+    [str], "generations": {name: [str]}, "max_new_tokens": int}``; decoding is greedy, so it is the
+    same on every call."""
+    inputs = getattr(data, "inputs", None)
+    if not isinstance(inputs, dict) or "input_ids" not in inputs:
+        raise TypeError("sample_generations: data must be token data with inputs['input_ids'] (N, L), e.g. "
+                        "distill.llm.prompt_response_data(...)")
+    ids, attention = inputs["input_ids"], inputs.get("attention_mask")
+    loss_mask = inputs.get("loss_mask")
+    prompts, references = [], []
+    for row in range(min(count, ids.shape[0])):
+        valid = ids[row] if attention is None else ids[row][attention[row].bool()]
+        if loss_mask is not None and bool(loss_mask[row].any()):
+            start = int(loss_mask[row].nonzero()[0, 0])
+        else:
+            start = min(prompt_tokens, max(1, valid.numel() // 2))
+        if start < 1:
+            continue
+        prompts.append(valid[:start])
+        references.append(tokenizer.decode(valid[start:start + max_new_tokens].tolist(), skip_special_tokens=True))
+    options = generation_options(max_new_tokens=max_new_tokens, tokenizer=tokenizer)
+    generations: dict[str, list[str]] = {}
+    for name, model in models.items():
+        if model is None:
+            continue
+        try:
+            lm = unwrap_causal_lm(model)
+        except TypeError:
+            continue
+        was_training, texts = lm.training, []
+        lm.eval()
+        device = next(lm.parameters()).device
+        try:
+            with torch.inference_mode():
+                for prompt in prompts:
+                    room = positions_left(lm, prompt.numel())
+                    if room is not None and room < 1:
+                        texts.append("")
+                        continue
+                    new = options["max_new_tokens"] if room is None else min(options["max_new_tokens"], room)
+                    out = lm.generate(input_ids=prompt[None].to(device),
+                                      attention_mask=torch.ones(1, prompt.numel(), dtype=torch.long, device=device),
+                                      **{**options, "max_new_tokens": new})
+                    texts.append(tokenizer.decode(out[0, prompt.numel():].tolist(), skip_special_tokens=True))
+        finally:
+            lm.train(was_training)
+        generations[name] = texts
+    return {"prompts": [tokenizer.decode(p.tolist(), skip_special_tokens=True) for p in prompts],
+            "references": references, "generations": generations, "max_new_tokens": max_new_tokens}
+
+
 def save_causal_lm(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``model`` (a transformers causal LM, or a :class:`ChunkedLM` around one) and ``tokenizer``
     to ``folder`` with ``save_pretrained`` (safetensors weights, ``config.json``, tokenizer files), so
@@ -197,4 +265,4 @@ def save_causal_lm(model: nn.Module, tokenizer: Any, folder: str | os.PathLike, 
     return folder
 
 
-__all__ = ["GenerateError", "TokenStreamer", "generate", "generation_options", "load_generator", "save_causal_lm", "unwrap_causal_lm"]
+__all__ = ["GenerateError", "TokenStreamer", "generate", "generation_options", "load_generator", "sample_generations", "save_causal_lm", "unwrap_causal_lm"]

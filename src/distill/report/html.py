@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from distill.report.markdown import COLUMNS, human_bytes
+from distill.report.markdown import COLUMNS, human_bytes, read_generations
 
 SKIP_KEYS = {"step", "epoch", "split", "lr", "samples_per_s"}
 
@@ -227,6 +227,14 @@ def _run_section(folder: Path) -> str:
         metrics = _read_dict(eval_path)
         parts.append(_eval_table(metrics, name) if metrics is not None
                      else f"<p class=muted>{html.escape(str(eval_path))} is not a JSON object</p>")
+    samples = read_generations(folder)
+    if samples is not None:  # a token run: greedy continuations of held-out prompts
+        names = list(samples["generations"])
+        rows = [[html.escape(str(prompt)), html.escape(str(reference))]
+                + [html.escape(str(samples["generations"][name][i])) for name in names]
+                for i, (prompt, reference) in enumerate(zip(samples["prompts"], samples["references"]))]
+        parts.append(f"<h3>Sample generations <span class=muted>(greedy, at most {html.escape(str(samples.get('max_new_tokens', '?')))} "
+                     "new tokens)</span></h3>" + _table(["prompt", "held-out text"] + names, rows))
     if (folder / "metrics.jsonl").is_file():
         parts.append(_curves(_read_jsonl(folder / "metrics.jsonl")))
     if (folder / "tensorboard").is_dir():  # train.tensorboard: the same records as TensorBoard scalars

@@ -93,6 +93,32 @@ def plot_curves(metrics_files: dict[str, Path], out: Path) -> Path | None:
     return out
 
 
+def read_generations(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``generations.json`` (see :func:`distill.runner.write_generations`) when it is there and
+    well formed: prompts, references and per-model lists of the same length; None otherwise."""
+    path = Path(run_dir) / "generations.json"
+    if not path.is_file():
+        return None
+    try:
+        samples = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(samples, dict) or not isinstance(samples.get("generations"), dict):
+        return None
+    prompts, references = samples.get("prompts"), samples.get("references")
+    if not isinstance(prompts, list) or not isinstance(references, list) or len(prompts) != len(references):
+        return None
+    if not all(isinstance(texts, list) and len(texts) == len(prompts) for texts in samples["generations"].values()):
+        return None
+    return samples
+
+
+def _md_cell(text: Any) -> str:
+    """Text for a markdown table cell: one line, pipes escaped, backquoted so that markup stays text."""
+    flat = " ".join(str(text).split()).replace("|", "\\|").replace("`", "'")
+    return f"`{flat}`" if flat else "(empty)"
+
+
 def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
     """``report.md`` of one run: what ran, the numbers, the curve."""
     run_dir = Path(run_dir)
@@ -136,6 +162,15 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
     if "exit_accuracy" in metrics:  # early exits of a self-distilled student (stripped from model.safetensors)
         text += ["Accuracy of each exit (the exits are not part of the exported student):", "",
                  markdown_table(["layer", "accuracy"], [[f"`{path}`", f"{acc:.2%}"] for path, acc in metrics["exit_accuracy"].items()]),
+                 ""]
+    samples = read_generations(run_dir)
+    if samples is not None:
+        names = list(samples["generations"])
+        text += [f"## Sample generations (greedy, at most {samples.get('max_new_tokens', '?')} new tokens)", "",
+                 markdown_table(["prompt", "held-out text"] + names,
+                                [[_md_cell(prompt), _md_cell(reference)] + [_md_cell(samples["generations"][name][i])
+                                                                          for name in names]
+                                 for i, (prompt, reference) in enumerate(zip(samples["prompts"], samples["references"]))]),
                  ""]
     if plot is not None:
         text += [f"![training curves]({plot.name})", ""]
