@@ -225,6 +225,43 @@ def generate_(
     write("\n")
 
 
+@app.command("teacher-text")
+def teacher_text(
+    model: Path = typer.Argument(..., help="the teacher: a Hugging Face causal-LM folder or a .gguf file"),
+    prompts: Path = typer.Argument(..., help="a .jsonl file of {\"prompt\": ...} or {\"messages\": [...]} lines, or a "
+                                   "text file with one prompt a line"),
+    out: Path = typer.Argument(..., help="the JSONL file to write: one {prompt, response, stop} line per prompt"),
+    max_new_tokens: int = typer.Option(128, min=1, help="response tokens at most"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0: greedy (deterministic); > 0: sample at this temperature"),
+    top_k: Optional[int] = typer.Option(None, min=1, help="sample among the k most likely tokens (default: all)"),
+    seed: int = typer.Option(0, help="the sampling seed"),
+    batch_size: int = typer.Option(16, min=1, help="prompts generated together"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a file distill made with other settings"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's)"),
+) -> None:
+    """Generate the teacher's response to every prompt once, for sequence-level KD (Kim & Rush 2016):
+    train a student on OUT with distill.llm.prompt_response_data(read_jsonl(OUT), tokenizer)."""
+    import torch
+
+    from distill.llm.generate import load_generator
+    from distill.llm.sequence import generate_teacher_data, read_prompts
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        examples = read_prompts(prompts)
+        lm, tokenizer = load_generator(model)
+        path = generate_teacher_data(lm, tokenizer, examples, out, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, top_k=top_k, seed=seed, batch_size=batch_size,
+                                     overwrite=overwrite, progress=progress)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    stops = [json.loads(line).get("stop") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    console.print(f"teacher text: {path} - {len(stops):,} responses ({stops.count('length'):,} cut at "
+                  f"{max_new_tokens} tokens)", highlight=False)
+
+
 from distill.report_cli import report as _report_command  # noqa: E402  (kept apart, tested on its own app)
 
 app.command("report")(_report_command)

@@ -133,3 +133,31 @@ def test_a_student_trained_on_the_generations_generates_what_the_teacher_does(tm
                              measure_latency=False, threads=1).model
     after = greedy_match(trained)
     assert before < 0.2 and after > 0.8, (before, after)  # measured: 0.02 -> 0.98
+
+
+def test_distill_teacher_text_writes_what_the_python_api_writes(tmp_path, tokenizer):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from distill.llm import save_causal_lm
+
+    teacher = lm(tokenizer, 32, 2, seed=0, sharpen=6.0).eval()
+    folder = save_causal_lm(teacher, tokenizer, tmp_path / "teacher")
+    texts = prompts(5)
+    (tmp_path / "prompts.txt").write_text("\n".join(texts[:3]) + "\n\n" + "\n".join(texts[3:]) + "\n")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t, "response": "ignored"}) + "\n"
+                                                    for t in texts))
+    expected = generate_teacher_data(teacher, tokenizer, texts, tmp_path / "python.jsonl", max_new_tokens=8,
+                                     batch_size=2, progress=False).read_text()
+    runner = CliRunner()
+    for source in ("prompts.txt", "prompts.jsonl"):
+        out = tmp_path / f"cli-{source}.jsonl"
+        result = runner.invoke(app, ["teacher-text", str(folder), str(tmp_path / source), str(out),
+                                     "--max-new-tokens", "8", "--batch-size", "2", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert out.read_text() == expected and "5 responses" in result.output
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "the cat"}) + "\n" + json.dumps({"text": "x"}) + "\n")
+    result = runner.invoke(app, ["teacher-text", str(folder), str(tmp_path / "bad.jsonl"), str(tmp_path / "o.jsonl")])
+    message = " ".join((result.stderr or result.output).split())
+    assert result.exit_code == 2 and f"{tmp_path / 'bad.jsonl'}:2" in message and "'prompt'" in message
+    assert not (tmp_path / "o.jsonl").exists()

@@ -80,6 +80,38 @@ def _prompt_text(prompt: Any, tokenizer, index: int) -> tuple[str, list[dict[str
                      "{'messages': [...]} examples")
 
 
+def read_prompts(path: str | Path) -> list[Any]:
+    """The prompts of a file for :func:`generate_teacher_data`: a ``.jsonl`` file (``.gz`` / ``.bz2`` /
+    ``.xz`` too) with ``{"prompt": ...}`` lines (a ``response`` is ignored) or ``{"messages": [...]}``
+    chats, else a text file with one prompt a line (empty lines skipped). A bad line raises
+    ``ValueError`` naming ``file:line``; non-UTF-8 bytes too."""
+    from distill.data.text import COMPRESSIONS, _format_of, _jsonl_rows
+    from distill.llm.data import read_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such prompts file (give a .jsonl file of {{'prompt': ...}} or "
+                                "{'messages': [...]} lines, or a text file with one prompt a line)")
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    if not suffixes or suffixes[-1] != ".jsonl":
+        prompts: list[Any] = read_text(path)
+    else:
+        prompts = []
+        for number, record, _ in _jsonl_rows(path, _format_of(path, None)[1]):
+            if isinstance(record.get("prompt"), str) and record["prompt"]:
+                prompts.append({"prompt": record["prompt"]})
+            elif isinstance(record.get("messages"), list) and record["messages"]:
+                prompts.append({"messages": record["messages"]})
+            else:
+                raise ValueError(f"{path}:{number}: expected a non-empty string 'prompt' or a list 'messages', got "
+                                 f"keys {sorted(record)}")
+    if not prompts:
+        raise ValueError(f"{path}: holds no prompt")
+    return prompts
+
+
 def _manifest(teacher: nn.Module, tokenizer, texts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     from distill.data.cache import weights_fingerprint
 
@@ -202,4 +234,4 @@ def generate_teacher_data(teacher: nn.Module, tokenizer, prompts: Sequence[Any],
     return path
 
 
-__all__ = ["TeacherDataError", "generate_teacher_data", "manifest_path"]
+__all__ = ["TeacherDataError", "generate_teacher_data", "manifest_path", "read_prompts"]
