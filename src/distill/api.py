@@ -261,7 +261,7 @@ def distil(
     eval_batch_size: int = 512,
     grad_accum: int = 1,
     max_grad_norm: float | None = None,
-    mixed_precision: str = "no",
+    mixed_precision: str = "auto",
     skip_nonfinite: int = 0,
     seed: int = 0,
     output_dir: str | Path = "runs/distil",
@@ -306,8 +306,8 @@ def distil(
         optimizer, lr, weight_decay, schedule, warmup_steps: ``optimizer`` / ``schedule`` may be a
             name or a full dict of the recipe's section.
         epochs / steps: training length (optimiser steps win); default one epoch.
-        batch_size, eval_batch_size, grad_accum, max_grad_norm, mixed_precision ("no", "bf16",
-            "fp16"), skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
+        batch_size, eval_batch_size, grad_accum, max_grad_norm, mixed_precision ("auto": bf16
+            autocast where the hardware has bf16 units, else fp32; "no", "bf16", "fp16"), skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
         cache: train from stored teacher outputs instead of running the teacher: a path, an opened cache, or
             a dict that builds one with ``teacher`` when missing (:func:`open_teacher_cache`). For
             ``task="token"`` a token cache (top-k + tail per valid token); ``teacher`` may then be None (the

@@ -318,7 +318,9 @@ class TrainSpec(_Strict):
     epochs: Optional[int] = Field(None, ge=1)
     steps: Optional[int] = Field(None, ge=1, description="optimiser steps; overrides epochs")
     grad_accum: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast where the device multiplies bf16 natively (CPU AMX / AVX-512 BF16, "
+        "CUDA Ampere+), else fp32 (distill.training.precision); no (fp32), bf16 or fp16 force one")
     max_grad_norm: Optional[float] = Field(None, gt=0)
     skip_nonfinite: int = Field(0, ge=0, description="micro-batches with a NaN/inf loss to skip before the run "
                                 "stops with an error (0: stop at the first)")
@@ -342,7 +344,7 @@ class TrainSpec(_Strict):
             return "no"
         if isinstance(value, str):
             spelled = value.strip().lower()
-            aliases = {"no": "no", "false": "no", "off": "no", "fp32": "no", "float32": "no", "none": "no",
+            aliases = {"auto": "auto", "no": "no", "false": "no", "off": "no", "fp32": "no", "float32": "no", "none": "no",
                        "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16", "half": "fp16"}
             return aliases.get(spelled, value)
         return value

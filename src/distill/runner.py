@@ -321,9 +321,12 @@ def run_recipe(
     device = recipe.train.device
     if device == "cuda" and not torch.cuda.is_available():
         raise RecipeError("field 'train.device': 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    from distill.training.precision import resolve_precision
+
     accelerator = Accelerator(
-        mixed_precision=recipe.train.mixed_precision, gradient_accumulation_steps=recipe.train.grad_accum,
-        cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+        mixed_precision=resolve_precision(recipe.train.mixed_precision, "cpu" if on_cpu else "cuda"),
+        gradient_accumulation_steps=recipe.train.grad_accum, cpu=on_cpu,
     )
     run_dir = check_writable_dir(recipe.output_dir, "field 'output_dir':")
     created = not run_dir.exists()
@@ -719,7 +722,8 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         metrics.update(
             {"train_steps": state.step, "train_samples": state.samples, "train_seconds": train_seconds,
              "samples_per_s": state.samples / train_seconds if train_seconds > 0 and not resume else None,
-             "threads": threads, "seed": recipe.seed, "name": recipe.name}
+             "threads": threads, "seed": recipe.seed, "name": recipe.name,
+             "mixed_precision": str(accelerator.mixed_precision)}
         )
         atomic_write(run_dir / "eval.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         write_generations(run_dir, task, test_set, {"teacher": objects.teacher, "student": model})

@@ -139,7 +139,10 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
         f"- student: {student} {recipe.student.params or ''}",
         f"- objective: {losses}",
         f"- trained {metrics.get('train_steps')} steps in {metrics.get('train_seconds', 0):.1f} s on "
-        f"{metrics.get('threads')} thread(s); seed {recipe.seed}",
+        f"{metrics.get('threads')} thread(s)"
+        + (f", {'fp32' if metrics['mixed_precision'] == 'no' else metrics['mixed_precision'] + ' autocast'}"
+           f"{' (auto)' if getattr(recipe.train, 'mixed_precision', None) == 'auto' else ''}"
+           if metrics.get("mixed_precision") else "") + f"; seed {recipe.seed}",
     ]
     quantize = getattr(recipe, "quantize", None)
     if quantize is not None and "quantized_bytes" in metrics:

@@ -1,0 +1,74 @@
+"""train.mixed_precision "auto": bf16 autocast where the CPU (AMX / AVX-512 BF16) or GPU multiplies bf16
+natively, fp32 elsewhere; what a run used is recorded in eval.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import distill
+import distill.training.precision as precision
+from distill.recipe import load_recipe
+
+
+def test_the_cpu_probe_agrees_with_the_kernels_flags():
+    has, what = precision.cpu_bf16_units()
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system: the probe asks torch.cpu instead")
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), set())
+    assert has == bool({"amx_bf16", "avx512_bf16"} & flags)
+    assert (what in flags) if has else ("no amx_bf16 / avx512_bf16" in what)
+
+
+def test_auto_follows_the_hardware_and_the_other_values_are_kept(monkeypatch):
+    monkeypatch.delenv(precision.ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: (True, "amx_bf16"))
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    assert precision.describe_precision("auto", "cpu") == "bf16 autocast (auto: cpu, amx_bf16)"
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: (False, "AVX2 only (no amx_bf16 / avx512_bf16)"))
+    assert precision.resolve_precision("auto", "cpu") == "no"
+    assert "fp32 (auto: cpu, AVX2 only" in precision.describe_precision("auto", "cpu")
+    for value in ("no", "bf16", "fp16"):
+        assert precision.resolve_precision(value, "cpu") == value
+    monkeypatch.setenv(precision.ENV, "bf16")
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    assert precision.resolve_precision("no", "cpu") == "no"  # the variable only says what auto means
+    monkeypatch.setenv(precision.ENV, "int8")
+    with pytest.raises(ValueError, match=precision.ENV):
+        precision.resolve_precision("auto", "cpu")
+
+
+def test_auto_is_the_default_and_the_run_records_what_it_used(tmp_path, monkeypatch):
+    assert load_recipe({"name": "x", "data": {"name": "digits"}, "student": {"model": "mlp"}}).train.mixed_precision \
+        == "auto"
+    from accelerate.utils import is_bf16_available
+
+    if not is_bf16_available():
+        pytest.skip("accelerate reports no bf16 support on this CPU")
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    seen = []
+
+    class Probe(torch.nn.Module):  # records the dtype its matmul runs in
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 2)
+
+        def forward(self, inputs):
+            out = self.linear(inputs)
+            if self.training:
+                seen.append(out.dtype)
+            return out
+
+    monkeypatch.delenv(precision.ENV, raising=False)
+    for units, expected, dtype in ((True, "bf16", torch.bfloat16), (False, "no", torch.float32)):
+        monkeypatch.setattr(precision, "cpu_bf16_units", lambda units=units: (units, "probe"))
+        seen.clear()
+        result = distill.distil(None, Probe(), (x, y), steps=2, batch_size=32, losses=[{"name": "cross_entropy"}],
+                                output_dir=tmp_path / expected, progress=False, measure_latency=False, device="cpu")
+        assert result.metrics["mixed_precision"] == expected
+        assert seen and set(seen) == {dtype}
+        assert all(p.dtype == torch.float32 for p in result.model.parameters())  # weights stay fp32
