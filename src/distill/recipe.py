@@ -117,7 +117,8 @@ class CacheSpec(_Strict):
     k: Optional[int] = Field(None, ge=1, description="top-k logits; null stores dense logits")
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     temperature: float = Field(1.0, gt=0, description="temperature of the stored tail mass (top-k)")
-    mode: Literal["renormalized", "tail"] = "renormalized"
+    mode: Optional[Literal["renormalized", "tail"]] = Field(None, description="how the top-k are read back: "
+                                                            "null = renormalized (classification), tail (task token)")
     shard_size: int = Field(16384, ge=1)
 
 
@@ -508,7 +509,7 @@ class Recipe(_Strict):
                     f"losses {dense_only} need dense teacher logits, but teacher.cache.k={teacher.cache.k} stores "
                     f"the top-k only: set teacher.cache.k: null or use {sorted(SPARSE_TEACHER_LOSSES)}"
                 )
-            if teacher.cache.mode == "tail":
+            if (teacher.cache.mode or ("tail" if self.task == "token" else "renormalized")) == "tail":
                 other = [t.name for t in self.losses if "teacher" in LOSS_NEEDS[t.name] and t.temperature != teacher.cache.temperature]
                 if other:
                     raise ValueError(

@@ -207,9 +207,15 @@ def build_teacher(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int
     if recipe.teacher is None:
         return None
     teachers = []
+    from distill.models import MODELS
+
     for role, spec in recipe.teacher.members():
-        if spec.checkpoint is None:
-            raise RecipeError(f"field '{role}.checkpoint': a teacher needs trained weights (a .safetensors file)")
+        factory = MODELS.get(spec.model) if spec.model is not None and ":" not in spec.model else None
+        pretrained = any(spec.params.get(key) for key in getattr(factory, "weights_in_params", ()))
+        if spec.checkpoint is None and not pretrained:
+            raise RecipeError(f"field '{role}.checkpoint': a teacher needs trained weights (a .safetensors file)"
+                              + (f", or 'params.{getattr(factory, 'weights_in_params')[0]}'"
+                                 if getattr(factory, "weights_in_params", ()) else ""))
         teachers.append(build_from_spec(spec, input_shape, num_classes, role)[0])
     if recipe.teacher.ensemble is None:
         return teachers[0]
@@ -227,10 +233,22 @@ def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bo
     from distill.data.cache import CacheError, build_cache
 
     spec = recipe.teacher.cache
+    if recipe.task == "token":  # per-token top-k + tail of a causal LM (distill.data.token_cache)
+        from distill.data.token_cache import build_token_cache
+
+        if spec.k is None:
+            raise RecipeError("field 'teacher.cache.k': a token cache stores the top-k logits of every token; set "
+                              "k (e.g. 32; a dense (tokens, vocabulary) cache would be vocabulary-sized per token)")
+        try:
+            return build_token_cache(teacher, train_set, spec.path, k=spec.k, temperature=spec.temperature,
+                                     dtype=spec.dtype, shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size,
+                                     mode=spec.mode or "tail", overwrite=overwrite, progress=progress)
+        except (CacheError, ValueError) as exc:
+            raise RecipeError(f"field 'teacher.cache': {exc}") from None
     try:
         return build_cache(
             teacher, train_set, spec.path, k=spec.k, temperature=spec.temperature, dtype=spec.dtype,
-            shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size, mode=spec.mode,
+            shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size, mode=spec.mode or "renormalized",
             overwrite=overwrite, progress=progress,
         )
     except CacheError as exc:
@@ -514,7 +532,7 @@ def stored_teacher_outputs(recipe: Recipe, teacher: nn.Module, train_set: Any, o
         return outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
     if recipe.teacher.cache is None:
         return None
-    if not isinstance(train_set, ArrayDataset):
+    if not isinstance(train_set, ArrayDataset) and recipe.task != "token":
         raise RecipeError("field 'teacher.cache': the teacher-output cache stores one output per sample of an "
                           f"in-memory data set; {type(train_set).__name__} is not one (use precompute)")
     outputs = None

@@ -75,6 +75,9 @@ from .text import TextFileError, WordVocab, read_sentences, read_text_classifica
 from .text import text_classification, text_classification_data  # noqa: E402
 
 DATASETS.register("text_classification", text_classification)
+from distill.llm.data import causal_lm_text  # noqa: E402  (text for causal LMs, task token; transformers on use)
+
+DATASETS.register("causal_lm_text", causal_lm_text)
 
 __all__ += [
     "Batch",

@@ -207,5 +207,45 @@ def prompt_response_data(examples: Sequence[dict[str, Any]], tokenizer, *, max_l
     return data
 
 
-__all__ = ["TextDataError", "packed_text_data", "prompt_response_data", "read_jsonl", "read_text",
+def causal_lm_text(split: str, root: str | Path | None = None, cache_dir: str | Path | None = None, *,
+                   tokenizer: str, train_file: str = "train.txt", test_file: str = "test.txt", length: int = 128,
+                   limit: int | None = None, prompt_key: str = "prompt", response_key: str = "response") -> TensorData:
+    """The registered ``causal_lm_text`` data set (task ``token``): ``root/train_file`` / ``root/test_file``
+    tokenised with the tokenizer of the model folder ``tokenizer`` (the teacher's, say). A ``.jsonl``
+    file is prompt/response or chat examples (:func:`read_jsonl` + :func:`prompt_response_data`,
+    rows of ``length`` tokens, the prompt masked); any other file is plain text, one document a line
+    (:func:`read_text` + :func:`packed_text_data`, packed into rows of ``length`` tokens). ``limit``:
+    the first N lines / examples. Relative paths are taken in ``root`` (``tokenizer`` too, when it is
+    there). The result carries its tokenizer (a run's sample generations decode with it)::
+
+        data: {name: causal_lm_text, root: data/glosses,
+               params: {tokenizer: runs/teacher-hf, train_file: train.txt, test_file: test.txt, length: 64}}
+    """
+    from distill.llm.models import load_tokenizer
+
+    folder = Path(root) if root is not None else Path(".")
+    if split not in ("train", "test"):
+        raise ValueError(f"causal_lm_text: split must be 'train' or 'test', got {split!r}")
+    path = folder / (train_file if split == "train" else test_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"field 'data.params.{split}_file': {path} does not exist (a .jsonl file of "
+                                "prompt/response lines, or a text file with one document a line)")
+    source = Path(tokenizer) if Path(tokenizer).exists() or root is None else folder / tokenizer
+    if not source.exists():
+        raise FileNotFoundError(f"field 'data.params.tokenizer': {tokenizer} does not exist (give the model folder, "
+                                "or .gguf file, whose tokenizer the data is encoded with)")
+    tok = load_tokenizer(source)
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".xz")]
+    name = path.name.split(".")[0]
+    if suffixes and suffixes[-1] == ".jsonl":
+        examples = read_jsonl(path, prompt_key=prompt_key, response_key=response_key)
+        data = prompt_response_data(examples[:limit] if limit else examples, tok, max_length=length, name=name,
+                                    split=split)
+    else:
+        data = packed_text_data(read_text(path, limit=limit), tok, length=length, name=name, split=split)
+    data.source = path
+    return data
+
+
+__all__ = ["TextDataError", "causal_lm_text", "packed_text_data", "prompt_response_data", "read_jsonl", "read_text",
            "train_bpe_tokenizer"]

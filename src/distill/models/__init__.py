@@ -24,6 +24,7 @@ from distill.models.static import StaticEmbedding  # noqa: E402
 from distill.models.text import TokenCNN  # noqa: E402
 from distill.models.transformer import TransformerStudent  # noqa: E402
 from distill.models.vit import ViT  # noqa: E402
+from distill.models.causal_lm import causal_lm  # noqa: E402,F401  (transformers imported on use)
 
 __all__ = ["MODELS", "build_model", "MLP", "CNN", "ResNet", "ViT", "TokenCNN", "TransformerStudent", "StaticEmbedding", "count_parameters", "model_bytes", "describe"]
 
