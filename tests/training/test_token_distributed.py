@@ -63,6 +63,15 @@ TINY = textwrap.dedent('''
                               batch_size=GLOBAL_BATCH, losses=LOSSES,
                               optimizer={"name": "sgd", "lr": LR, "momentum": 0.0}, schedule="constant",
                               threads=1, output_dir=output_dir, progress=False, measure_latency=False)
+
+
+    def run_on_policy(output_dir):
+        """GKD with every micro-batch the student's own samples (2-token prompts, 4 new tokens), 2 steps."""
+        return distill.distil(gpt(2, seed=1), gpt(1, seed=2), sentences(), task="token", steps=2,
+                              batch_size=GLOBAL_BATCH, losses=[{"name": "jsd", "beta": 0.5}],
+                              on_policy={"fraction": 1.0, "max_new_tokens": 4, "prompt_length": 2, "temperature": 1.0},
+                              optimizer={"name": "sgd", "lr": LR, "momentum": 0.0}, schedule="constant",
+                              threads=1, output_dir=output_dir, progress=False, measure_latency=False)
 ''')
 
 SCRIPT = textwrap.dedent('''
@@ -77,6 +86,29 @@ SCRIPT = textwrap.dedent('''
         if result.model is not None:  # the main process
             model = result.model.model if chunked else result.model
             save_file({k: v.detach().clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}, weights)
+
+    # on-policy under DDP: each process samples its own share's completions (seeded by rank), no deadlock
+    import json
+    import os
+
+    from tiny_token import run_on_policy
+
+    from distill.llm.onpolicy import OnPolicy
+
+    drawn, real = [], OnPolicy.sample_batch
+
+    def recording(self, batch, model, **kwargs):
+        out = real(self, batch, model, **kwargs)
+        drawn.append({"rank": kwargs.get("rank"), "ids": out["input"]["input_ids"].tolist()})
+        return out
+
+    OnPolicy.sample_batch = recording
+    result = run_on_policy(sys.argv[5])
+    with open(f"{sys.argv[5]}-rank{os.environ['RANK']}.json", "w") as handle:
+        json.dump(drawn, handle)
+    if result.model is not None:
+        save_file({k: v.detach().clone() for k, v in result.model.state_dict().items() if k != "lm_head.weight"},
+                  sys.argv[6])
 ''')
 
 
@@ -165,7 +197,8 @@ def test_two_processes_equal_one_process_on_token_data_of_varying_lengths(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                str(tmp_path / "ddp_token.py"), str(tmp_path / "two"), str(tmp_path / "two.safetensors"),
-               str(tmp_path / "chunked"), str(tmp_path / "chunked.safetensors")]
+               str(tmp_path / "chunked"), str(tmp_path / "chunked.safetensors"),
+               str(tmp_path / "on_policy"), str(tmp_path / "on_policy.safetensors")]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = load_file(str(tmp_path / "two.safetensors"))
@@ -176,3 +209,15 @@ def test_two_processes_equal_one_process_on_token_data_of_varying_lengths(tmp_pa
     # the logged loss (the mean over processes of each one's loss) is the global mean over every valid token
     assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), rel=1e-5)
     assert len(train_losses(tmp_path / "two")) == 1
+
+    # on-policy (GKD, λ = 1) in the same two processes: both sampled every micro-batch, each with its rank's seed
+    draws = [json.loads((tmp_path / f"on_policy-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [[d["rank"] for d in got] for got in draws] == [[0, 0], [1, 1]]  # 2 steps, each process its own draws
+    prompts = {tuple(row[:2]) for row in tiny.sentences().inputs["input_ids"].tolist()}
+    for got in draws:
+        for draw in got:
+            assert {tuple(row[:2]) for row in draw["ids"]} <= prompts  # the data's prompts, the student's completions
+    assert draws[0][0]["ids"] != draws[1][0]["ids"]
+    moved = load_file(str(tmp_path / "on_policy.safetensors"))
+    assert all(torch.isfinite(v).all() for v in moved.values())
+    assert differs(moved, {k: v for k, v in start.items() if k in moved}) > 0

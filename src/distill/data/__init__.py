@@ -75,7 +75,15 @@ from .text import TextFileError, WordVocab, read_sentences, read_text_classifica
 from .text import text_classification, text_classification_data  # noqa: E402
 
 DATASETS.register("text_classification", text_classification)
-from distill.llm.data import causal_lm_text  # noqa: E402  (text for causal LMs, task token; transformers on use)
+
+
+def causal_lm_text(split, root=None, cache_dir=None, **params):
+    """Text for causal LMs (task token): :func:`distill.llm.data.causal_lm_text`, imported on use (it
+    needs the token task, which needs this package)."""
+    from distill.llm.data import causal_lm_text as build
+
+    return build(split, root, cache_dir, **params)
+
 
 DATASETS.register("causal_lm_text", causal_lm_text)
 
