@@ -543,6 +543,14 @@ class Recipe(_Strict):
             tree.pop("output_dir", None)
             for key in NOT_NUMERIC_TRAIN_KEYS:
                 tree.get("train", {}).pop(key, None)
+            for name in ("optimizer", "schedule", "train"):  # sections whose validators fill fields in
+                section = tree.get(name)
+                if isinstance(section, dict):
+                    default = type(getattr(self, name))().model_dump(mode="json")
+                    for key in [k for k, v in section.items() if default.get(k, object()) == v]:
+                        section.pop(key)
+                    if not section:  # nothing but defaults and non-numeric keys: same as no section
+                        tree.pop(name)
         text = json.dumps(tree, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
