@@ -149,7 +149,8 @@ def teacher_stage(args, train, test, unlabelled, cache: Path):
     teacher.train()
     log(f"fine-tuning the teacher: {args.teacher_epochs} epochs on {len(train)} texts")
     run = fine_tune(teacher, train, epochs=args.teacher_epochs, lr=args.teacher_lr, batch_size=32, seed=0,
-                    output_dir=cache / "teacher-run", overwrite=True, progress=args.progress, threads=args.threads)
+                    output_dir=cache / "teacher-run", overwrite=True, progress=args.progress, threads=args.threads,
+                    mixed_precision=args.precision)
     teacher.eval()
     started = time.perf_counter()
     logits = {name: predict_logits(teacher, data) for name, data in (("test", test), ("train", train),
@@ -220,7 +221,8 @@ def train_student(kind: str, variant: str, seed: int, args, data, teacher_table,
     """One run (cached by its settings): the trained student's test accuracy, agreement and its file."""
     settings = {"kind": kind, "variant": variant, "seed": seed, "temperature": args.temperature,
                 "steps": args.layerdrop_steps if kind == "layerdrop" else args.steps, "keep": args.keep,
-                "embed_dim": args.embed_dim, "teacher": args.teacher_key, **STUDENT_SETTINGS[kind]}
+                "embed_dim": args.embed_dim, "teacher": args.teacher_key, **STUDENT_SETTINGS[kind],
+                **({"precision": args.precision} if args.precision != "no" else {})}
     folder = cache / "runs" / f"{kind}-{variant.replace('+', '-')}-seed{seed}-{settings_key(settings)}"
     record_file = folder / "result.json"
     if record_file.is_file():
@@ -241,7 +243,7 @@ def train_student(kind: str, variant: str, seed: int, args, data, teacher_table,
     result = distill.distil(teacher, student, loader, losses=losses, steps=settings["steps"], lr=settings["lr"],
                             weight_decay=0.01, schedule={"name": "cosine", "warmup_steps": settings["steps"] // 10},
                             seed=seed, output_dir=folder / "run", overwrite=True, progress=args.progress,
-                            threads=args.threads, measure_latency=False)
+                            threads=args.threads, measure_latency=False, mixed_precision=args.precision)
     logits = predict_logits(result.model, test)
     record = {**settings, "accuracy": float((logits.argmax(1) == test.targets).float().mean()),
               "agreement": float((logits.argmax(1) == test_logits.argmax(1)).float().mean()),
@@ -308,6 +310,12 @@ def main() -> None:
     parser.add_argument("--teacher-only", action="store_true")
     parser.add_argument("--no-report", action="store_true", help="train (and cache) runs, write no results")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--precision", default="no", choices=["no", "auto", "bf16"],
+                        help="train.mixed_precision of every run (no: fp32, as the recorded results)")
+    parser.add_argument("--export-only", action="store_true",
+                        help="train (or take from the cache) the seed-0 'distilled + unlabelled' run of each student, "
+                        "export it to ONNX (cpu fp32, int8-dynamic) and check parity; writes ag_news_minilm_export")
+    parser.add_argument("--export-texts", type=int, default=2000, help="test texts the exports are checked on")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "ag_news_minilm")
     args = parser.parse_args()
     started = time.time()
@@ -324,6 +332,9 @@ def main() -> None:
     args.teacher_key = teacher_record["train"] + f"{teacher_record['accuracy']:.6f}"
     table = LogitTable([train, unlabelled], [logits["train"], logits["unlabeled"]])
     data = (train, test, unlabelled, logits["test"])
+    if args.export_only:
+        export_students(args, data, table, tokenizer, cache, test, started)
+        return
     runs: dict[str, dict[str, list[dict]]] = {}
     for kind in args.students:
         seeds = args.layerdrop_seeds if kind == "layerdrop" else args.seeds
@@ -384,15 +395,52 @@ def main() -> None:
         f"from MiniLM's token vectors (PCA to {args.embed_dim}). Throughput: {len(texts)} test texts, batch 64, "
         f"{args.threads} thread(s), tokenisation included, median of {args.repeats} passes (teacher: "
         f"{max(3, args.repeats // 2)}); speed-up vs the teacher measured in the same process. Size: the safetensors "
-        "file. fp32 throughout: bf16 autocast is ~20x slower on this CPU (AVX2, no AVX-512 BF16 / AMX).\n\n"
+        f"file. Training precision: {precision_words(args.precision)}.\n\n"
         + "\n".join(lines) + "\n\nGoals: " + "; ".join(goals) + ".")
     write_result("ag_news_minilm", numbers, markdown, started)
     print(markdown)
 
 
+def precision_words(precision: str) -> str:
+    from distill.training.precision import describe_precision
+
+    return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
+
+
+def export_students(args, data, table, tokenizer, cache: Path, test: TensorData, started: float) -> None:
+    """ONNX export + parity of the seed-0 'distilled + unlabelled' student of each kind (ag_news_minilm_export)."""
+    from common import export_text_student, text_export_table
+
+    count = min(args.export_texts, len(test))
+    inputs = {key: test.inputs[key][:count] for key in ("input_ids", "attention_mask")}
+    tokenizer_json = minilm_folder() / "tokenizer.json"
+    rows, students = [], {}
+    for kind in args.students:
+        record = train_student(kind, "distilled+unlabelled", 0, args, data, table, tokenizer, cache)
+        model = load_student(kind, record, args).eval()
+        name = NAMES[kind].format(keep=args.keep)
+        rows += export_text_student(model, name, args.out / "export" / kind, inputs=inputs, max_length=args.max_length,
+                                    tokenizer_json=tokenizer_json, targets=test.targets[:count], classes=list(test.classes),
+                                    threads=args.threads)
+        students[kind] = {"accuracy": record["accuracy"], "bytes": record["bytes"], "parameters": record["parameters"]}
+        log(f"exported {kind}: {[(row['variant'], row['status']) for row in rows if row['student'] == name]}")
+    markdown = (f"The seed-0 'distilled + unlabelled' student of each kind in `ag_news_minilm` (the same settings and "
+                f"start; training precision {precision_words(args.precision)}), exported with `distill.export.Exporter` "
+                f"(target cpu; int8-dynamic per output channel) and checked against eager PyTorch on the first {count:,} "
+                f"official test texts (truncated at {args.max_length}); agreement: top-1 class equal to eager's; accuracy "
+                f"on those texts; batch-1 latency at {args.max_length} tokens, {args.threads} thread(s).\n\n"
+                + text_export_table(rows) + "\n\nFull-test accuracy and safetensors size of the same runs: "
+                + "; ".join(f"{NAMES[k].format(keep=args.keep)} {100 * v['accuracy']:.2f}, {v['bytes'] / 1e6:.1f} MB"
+                            for k, v in students.items()) + ".")
+    write_result("ag_news_minilm_export", {"exports": rows, "students": students,
+                                           "args": {k: v for k, v in vars(args).items() if k != "out"}}, markdown, started)
+    print(markdown)
+
+
 def teacher_settings(args, train, test, unlabelled) -> dict:
     return {"epochs": args.teacher_epochs, "lr": args.teacher_lr, "batch_size": 32, "max_length": args.max_length,
-            "seed": 0, "train": train.fingerprint(), "unlabeled": unlabelled.fingerprint(), "test": test.fingerprint()}
+            "seed": 0, "train": train.fingerprint(), "unlabeled": unlabelled.fingerprint(), "test": test.fingerprint(),
+            **({"precision": args.precision} if args.precision != "no" else {})}
 
 
 if __name__ == "__main__":

@@ -122,3 +122,50 @@ def require_data(name: str) -> Path:
     if not path.exists():
         sys.exit(f"benchmark needs {path} (the shared data sets; see ../shared/data/README.md)")
     return path
+
+
+# -- text students: ONNX export and parity --------------------------------------------------------------
+TEXT_EXPORTS = (("cpu", "fp32"), ("cpu", "int8-dynamic"))
+
+
+def export_text_student(model, name: str, out: Path, *, inputs: dict, max_length: int, tokenizer_json: Path,
+                        targets=None, classes=None, threads: int = 1) -> list[dict[str, Any]]:
+    """Export ``model`` (token ids in) with :class:`distill.export.Exporter` for every :data:`TEXT_EXPORTS`
+    variant, checked against eager PyTorch on ``inputs`` (``{"input_ids", "attention_mask"}`` (N, L), real
+    held-out texts); ``classes`` None: an embedding model (parity by cosine). One row per variant: ONNX bytes,
+    max |diff|, agreement (top-1, or rows with cosine >= 0.99), mean / min cosine, accuracy, batch-1 latency, status."""
+    from distill.data import TensorData
+    from distill.export import ExportOptions, Exporter
+    from distill.export.text import text_student
+
+    data = TensorData({k: inputs[k] for k in ("input_ids", "attention_mask")}, targets, name="held-out texts",
+                      classes=classes, split="test")
+    student = text_student(model.eval(), max_length=max_length, tokenizer=tokenizer_json, classes=classes,
+                           name=name, data=data)
+    exporter = Exporter(student, out, ExportOptions(threads=threads, latency_repeats=20))
+    rows = []
+    for target, precision in TEXT_EXPORTS:
+        card = exporter.export(target, precision)
+        parity = card["parity"]
+        rows.append({"student": name, "variant": f"{target}-{precision}", "status": card["status"],
+                     "onnx_bytes": card["size"]["artifact_bytes"], "samples": parity["samples"],
+                     "max_abs_diff": parity["max_abs_diff"], "agreement": parity["agreement"],
+                     "mean_cosine": parity.get("mean_cosine"), "min_cosine": parity.get("min_cosine"),
+                     "accuracy": card["accuracy"]["accuracy"], "eager_accuracy": card["accuracy"]["eager_accuracy"],
+                     "latency_b1_ms": card["latency"].get("b1_ms"), "eager_latency_b1_ms": card["eager_latency"].get("b1_ms"),
+                     "failures": parity["failures"]})
+    return rows
+
+
+def text_export_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`export_text_student` rows."""
+    lines = ["| student | variant | ONNX size | max abs diff | agreement | mean / min cosine | accuracy % (eager) "
+             "| batch 1 ms (eager) | status |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cosine = (f"{row['mean_cosine']:.4f} / {row['min_cosine']:.4f}" if row["mean_cosine"] is not None else "-")
+        accuracy = (f"{100 * row['accuracy']:.2f} ({100 * row['eager_accuracy']:.2f})"
+                    if row["accuracy"] is not None else "-")
+        lines.append(f"| {row['student']} | {row['variant']} | {row['onnx_bytes'] / 1e6:.2f} MB | {row['max_abs_diff']:.2g} "
+                     f"| {100 * row['agreement']:.2f}% | {cosine} | {accuracy} | {row['latency_b1_ms']:.2f} "
+                     f"({row['eager_latency_b1_ms']:.2f}) | {row['status']} |")
+    return "\n".join(lines)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, require_data, write_result  # noqa: E402
+from common import ROOT, export_text_student, require_data, text_export_table, write_result  # noqa: E402
 
 import distill  # noqa: E402
 from distill.data import sentence_data  # noqa: E402
@@ -139,12 +139,19 @@ def grouped_loader(sentences: list[str], tokenizer, *, max_length: int, batch_si
 LOSSES = [{"name": "cosine_distance", "weight": 1.0}, {"name": "mse", "weight": 10.0}]
 
 
-def distil_embeddings(teacher, student, data, *, epochs: int, lr: float, out: Path, precompute: bool) -> dict:
+def distil_embeddings(teacher, student, data, *, epochs: int, lr: float, out: Path, precompute: bool,
+                      precision: str = "no") -> dict:
     result = distill.distil(teacher, student, data, task="embedding", epochs=epochs, lr=lr, batch_size=64,
                             losses=LOSSES, schedule={"name": "cosine", "warmup_steps": 50},
                             precompute_teacher=precompute, output_dir=out, overwrite=True, progress=False,
-                            measure_latency=False, weight_decay=0.01)
+                            measure_latency=False, weight_decay=0.01, mixed_precision=precision)
     return {"train_seconds": result.train_seconds}
+
+
+def precision_words(precision: str) -> str:
+    from distill.training.precision import describe_precision
+
+    return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
 
 
 def main() -> None:
@@ -159,6 +166,9 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (round robin over the models)")
     parser.add_argument("--skip-static", action="store_true", help="train and measure the transformer student only")
+    parser.add_argument("--precision", default="no", choices=["no", "auto", "bf16"],
+                        help="train.mixed_precision of the students' training (no: fp32, as the recorded results)")
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX export and parity of the students")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "sts")
     parser.add_argument("--name", default="sts", help="the result's name (benchmarks/results/NAME.json, RESULTS.md section)")
     args = parser.parse_args()
@@ -179,7 +189,7 @@ def main() -> None:
     transformer.train()
     loader = grouped_loader(sentences, tokenizer, max_length=64, batch_size=64, seed=0)
     record = distil_embeddings(teacher, transformer, loader, epochs=args.epochs, lr=args.lr,
-                               out=args.out / "transformer", precompute=False)
+                               out=args.out / "transformer", precompute=False, precision=args.precision)
     transformer.eval()
     transformer_seconds = time.perf_counter() - start
     log(f"transformer student trained in {record['train_seconds']:.0f} s")
@@ -197,7 +207,7 @@ def main() -> None:
         data.inputs.pop("token_type_ids", None)
         static.train()
         static_record = distil_embeddings(teacher, static, data, epochs=args.epochs, lr=1e-3, out=args.out / "static",
-                                          precompute=True)
+                                          precompute=True, precision=args.precision)
         static.eval()
         static_seconds = time.perf_counter() - start
         log(f"static student built in {static_build:.0f} s (Spearman {static_before:.4f} before fine-tuning), "
@@ -245,9 +255,19 @@ def main() -> None:
              verdict(f"{t_name}, fp32)", 0.78, 5), verdict(f"{t_name}, int8 dynamic)", 0.78, 5)]
     if static is not None:
         goals.append(verdict(s_name, 0.70, 100) + f"; {100 * static_before:.2f} before fine-tuning")
+    exports = []
+    if not args.no_export:
+        inputs = tokenizer(test_sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        for name, model in ((f"{t_name})", transformer), (s_name, static)):
+            if model is not None:
+                done = export_text_student(model, name, args.out / "export" / name.split(" (")[0].replace(" ", "-"),
+                                               inputs=inputs, max_length=128, tokenizer_json=minilm_folder() / "tokenizer.json",
+                                               threads=args.threads)
+                exports += done
+                log(f"exported {name}: {[(row['variant'], row['status']) for row in done]}")
     markdown = (f"Training: {len(sentences):,} unlabelled sentences (of 66,599: STS-B train sentences, AG News "
                 f"unlabelled, WordNet examples; no similarity labels), {args.epochs} epochs, cosine + 10 x MSE to the "
-                f"teacher's embeddings, {args.train_threads} threads, fp32 (this CPU has no bf16 units: AVX2 only). "
+                f"teacher's embeddings, {args.train_threads} threads, {precision_words(args.precision)}. "
                 f"Transformer student: teacher blocks {args.keep} (layer dropping), feed-forward layers narrowed to "
                 f"{args.ffn} of 1536 units, trained in {transformer_seconds / 60:.1f} min on length-grouped batches "
                 f"against the live teacher" + (f"; static student built and fine-tuned in {static_seconds / 60:.1f} min"
@@ -255,7 +275,12 @@ def main() -> None:
                 f". Throughput: STS-B test sentences, batch 64, {args.threads} torch thread(s), tokenisation "
                 f"included, round robin over the models, median of {args.rounds} rounds.\n\n" + "\n".join(lines)
                 + "\n\nGoals: " + "; ".join(goals) + ".")
-    write_result(args.name, {"rows": rows, "static_before_finetune": static_before,
+    if exports:
+        markdown += ("\n\nONNX export (`distill.export.Exporter`, target cpu) of each student, checked against eager "
+                     f"PyTorch on the {len(test_sentences):,} STS-B test sentences (max length 128); agreement: rows "
+                     "whose embedding has cosine >= 0.99 with eager's (the export's rule: int8 variants below 99% are "
+                     f"refused); batch-1 latency at 128 tokens, {args.threads} thread(s):\n\n" + text_export_table(exports))
+    write_result(args.name, {"rows": rows, "exports": exports, "static_before_finetune": static_before,
                          "train_seconds": {"transformer": transformer_seconds, "static": static_seconds},
                          "args": vars(args) | {"out": str(args.out)}}, markdown, started)
 

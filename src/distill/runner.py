@@ -696,6 +696,10 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             )
         finally:
             distiller.remove_hooks()  # never leave hooks on the user's models, even when interrupted
+            if not fsdp:  # nor Accelerate's autocast wrapper on its forward: the trained model runs (and is
+                from distill.training.precision import release_model  # evaluated, exported) in fp32
+
+                release_model(accelerator, student)
         train_seconds = time.perf_counter() - started
 
     exit_accuracy = None

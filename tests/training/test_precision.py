@@ -72,3 +72,23 @@ def test_auto_is_the_default_and_the_run_records_what_it_used(tmp_path, monkeypa
         assert result.metrics["mixed_precision"] == expected
         assert seen and set(seen) == {dtype}
         assert all(p.dtype == torch.float32 for p in result.model.parameters())  # weights stay fp32
+
+
+def test_bf16_run_leaves_no_autocast_on_the_model(tmp_path):
+    """Accelerate wraps a prepared model's forward in autocast; distil takes the wrapper off when it ends, so
+    the user's model (and a copy of it, e.g. torch.ao's quantize_dynamic) computes in fp32 afterwards."""
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    student = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    result = distill.distil(None, student, (x, y), steps=2, batch_size=32, losses=[{"name": "cross_entropy"}],
+                            mixed_precision="bf16", output_dir=tmp_path / "run", progress=False,
+                            measure_latency=False, device="cpu")
+    assert result.metrics["mixed_precision"] == "bf16"
+    assert "_original_forward" not in student.__dict__ and "forward" not in student.__dict__
+    with torch.no_grad():
+        out = student(x)
+        assert out.dtype == torch.float32
+        manual = student[2](torch.relu(student[0](x)))  # the layers by hand, fp32
+        torch.testing.assert_close(out, manual, rtol=0, atol=0)
+        quantized = torch.ao.quantization.quantize_dynamic(student, {torch.nn.Linear}, dtype=torch.qint8)
+        assert quantized(x).dtype == torch.float32  # a bf16 input would raise in linear_dynamic

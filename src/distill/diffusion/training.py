@@ -218,6 +218,9 @@ def train_objective(objective: Objective, trainee: Trainee, data: Any, *, num_st
                           after_step=lambda _state: _unwrapped(prepared).update_ema(), progress=show)
         finally:
             objective.student = None
+            from distill.training.precision import release_model
+
+            release_model(accelerator, prepared)  # no autocast wrapper left on the trainee
         seconds = time.perf_counter() - start
         losses = history_from(folder)
     trainee.to("cpu")

@@ -93,4 +93,18 @@ def describe_precision(value: str, device: str | torch.device) -> str:
     return f"{name} (auto: {kind}, {why})"
 
 
-__all__ = ["AUTO", "ENV", "cpu_bf16_units", "describe_precision", "resolve_precision"]
+
+
+def release_model(accelerator, prepared):
+    """The bare model behind ``prepared`` with Accelerate's autocast wrapper taken off its ``forward``
+    (``accelerator.prepare`` wraps a model's forward in autocast under mixed precision, on the user's own
+    object): after a run the model computes in fp32 again, as the saved and exported weights do. The
+    instance attribute Accelerate leaves behind is dropped when it is just the class's forward."""
+    model = accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
+    forward = model.__dict__.get("forward")
+    if forward is not None and getattr(forward, "__func__", None) is type(model).forward:
+        del model.__dict__["forward"]
+    return model
+
+
+__all__ = ["AUTO", "ENV", "cpu_bf16_units", "describe_precision", "release_model", "resolve_precision"]
