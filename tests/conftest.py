@@ -14,6 +14,9 @@ torch.set_num_threads(1)
 # golden values and parity checks are fp32 ones, so "auto" means fp32 here and in the processes tests start
 # (tests/training/test_precision.py checks the choice itself)
 os.environ["DISTILL_AUTO_PRECISION"] = "no"
+# likewise train.channels_last "auto" (NHWC weights for convolutional students) is pinned off: convolutions in
+# another memory format round differently (tests/training/test_precision.py checks the layout itself)
+os.environ["DISTILL_AUTO_CHANNELS_LAST"] = "0"
 
 
 @pytest.fixture

@@ -262,6 +262,7 @@ def distil(
     grad_accum: int = 1,
     max_grad_norm: float | None = None,
     mixed_precision: str = "auto",
+    channels_last: bool | str = "auto",
     skip_nonfinite: int = 0,
     seed: int = 0,
     output_dir: str | Path = "runs/distil",
@@ -307,7 +308,9 @@ def distil(
             name or a full dict of the recipe's section.
         epochs / steps: training length (optimiser steps win); default one epoch.
         batch_size, eval_batch_size, grad_accum, max_grad_norm, mixed_precision ("auto": bf16
-            autocast where the hardware has bf16 units, else fp32; "no", "bf16", "fp16"), skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
+            autocast where the hardware has bf16 units, else fp32; "no", "bf16", "fp16"), channels_last
+            ("auto": NHWC weights for a student with Conv2d layers, put back at the end; True / False),
+            skip_nonfinite, seed, threads, device, checkpoint_every: as in ``train:``.
         cache: train from stored teacher outputs instead of running the teacher: a path, an opened cache, or
             a dict that builds one with ``teacher`` when missing (:func:`open_teacher_cache`). For
             ``task="token"`` a token cache (top-k + tail per valid token); ``teacher`` may then be None (the
@@ -366,7 +369,8 @@ def distil(
                                                                              "weight_decay": weight_decay},
         "schedule": dict(schedule) if isinstance(schedule, Mapping) else {"name": schedule, "warmup_steps": warmup_steps},
         "train": {"epochs": epochs, "steps": steps, "grad_accum": grad_accum, "max_grad_norm": max_grad_norm,
-                  "mixed_precision": mixed_precision, "skip_nonfinite": skip_nonfinite, "threads": threads,
+                  "mixed_precision": mixed_precision, "channels_last": channels_last, "skip_nonfinite": skip_nonfinite,
+                  "threads": threads,
                   "device": device, "checkpoint_every": checkpoint_every, "tensorboard": tensorboard},
         "quantize": quantize,
         "on_policy": dict(on_policy) if isinstance(on_policy, Mapping) else on_policy,

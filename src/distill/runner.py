@@ -609,6 +609,12 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         raise RecipeError("field 'teacher.precompute': stored teacher outputs are looked up by sample id, but "
                           f"{type(train_set).__name__} batches carry none; give a Dataset instead of a DataLoader")
     fsdp = recipe.train.strategy == "fsdp" and accelerator.num_processes > 1  # one process: nothing to shard
+    from distill.training.precision import release_model, resolve_channels_last, set_layout
+
+    try:
+        channels_last = not rtn and resolve_channels_last(recipe.train.channels_last, distiller.student, sharded=fsdp)
+    except ValueError as exc:
+        raise RecipeError(f"field 'train.channels_last': {exc}") from None
     total_steps = count_steps(recipe, loader, train_set, accelerator.num_processes, rtn)
     plain_copy: list[nn.Module] = []  # fsdp: the one unsharded student the gathered weights go into
     if fsdp:
@@ -687,7 +693,9 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
         MetricsLog(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process).write(
             {"step": 0, "epoch": 0, "split": "test", **(evaluate_epoch(0) if accelerator.is_main_process else {})})
     else:
+        laid_out = [accelerator.unwrap_model(student), teacher] if channels_last else []
         try:
+            set_layout(laid_out, channels_last=True)  # convolutions in NHWC (train.channels_last)
             state = train(
                 distiller, loader, optimizer, scheduler, recipe.train,
                 accelerator=accelerator, run_dir=run_dir, total_steps=total_steps, resume=resume,
@@ -696,10 +704,9 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             )
         finally:
             distiller.remove_hooks()  # never leave hooks on the user's models, even when interrupted
+            set_layout(laid_out, channels_last=False)  # the user's models back in the standard layout
             if not fsdp:  # nor Accelerate's autocast wrapper on its forward: the trained model runs (and is
-                from distill.training.precision import release_model  # evaluated, exported) in fp32
-
-                release_model(accelerator, student)
+                release_model(accelerator, student)  # evaluated, exported) in fp32
         train_seconds = time.perf_counter() - started
 
     exit_accuracy = None
@@ -745,7 +752,7 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             {"train_steps": state.step, "train_samples": state.samples, "train_seconds": train_seconds,
              "samples_per_s": state.samples / train_seconds if train_seconds > 0 and not resume else None,
              "threads": threads, "seed": recipe.seed, "name": recipe.name,
-             "mixed_precision": str(accelerator.mixed_precision)}
+             "mixed_precision": str(accelerator.mixed_precision), "channels_last": bool(channels_last)}
         )
         atomic_write(run_dir / "eval.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         write_generations(run_dir, task, test_set, {"teacher": objects.teacher, "student": model})

@@ -92,3 +92,59 @@ def test_bf16_run_leaves_no_autocast_on_the_model(tmp_path):
         torch.testing.assert_close(out, manual, rtol=0, atol=0)
         quantized = torch.ao.quantization.quantize_dynamic(student, {torch.nn.Linear}, dtype=torch.qint8)
         assert quantized(x).dtype == torch.float32  # a bf16 input would raise in linear_dynamic
+
+
+def test_channels_last_auto_for_convolutional_students(tmp_path, monkeypatch):
+    """train.channels_last auto: a student with a Conv2d trains with NHWC weights (its convolutions see them
+    channels_last), the layout is put back when the run ends, and the weights match a standard-layout run
+    to float rounding; an MLP is left alone; DISTILL_AUTO_CHANNELS_LAST pins what auto means."""
+    from distill.models import build_model
+    from distill.recipe import RecipeError
+    from distill.training.precision import CHANNELS_LAST_ENV, resolve_channels_last
+
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = (x.mean((1, 2, 3)) > 0).long()
+    seen = []
+
+    def probe(module, inputs, output):
+        if module.training:
+            seen.append(module.weight.is_contiguous(memory_format=torch.channels_last))
+
+    def run(name, channels_last):
+        torch.manual_seed(0)
+        model = build_model("cnn", input_shape=(3, 8, 8), num_classes=2)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        handle = conv.register_forward_hook(probe)
+        seen.clear()
+        result = distill.distil(None, model, (x, y), steps=3, batch_size=32, losses=[{"name": "cross_entropy"}],
+                                channels_last=channels_last, output_dir=tmp_path / name, progress=False,
+                                measure_latency=False, device="cpu")
+        handle.remove()
+        return model, result, list(seen)
+
+    monkeypatch.delenv(CHANNELS_LAST_ENV, raising=False)
+    nhwc, result, layouts = run("auto", "auto")
+    assert layouts == [True] * 3 and result.metrics["channels_last"] is True
+    assert all(p.is_contiguous() for p in nhwc.parameters())  # put back
+    plain, plain_result, plain_layouts = run("off", False)
+    assert plain_layouts == [False] * 3 and plain_result.metrics["channels_last"] is False
+    torch.manual_seed(0)
+    start = build_model("cnn", input_shape=(3, 8, 8), num_classes=2)
+    moved = 0.0
+    for a, b, s in zip(nhwc.parameters(), plain.parameters(), start.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)  # AdamW's first steps amplify rounding a little
+        assert (a - b).abs().mean() < 1e-5
+        moved = max(moved, float((b - s).abs().max()))
+    assert moved > 1e-3  # the runs trained
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    assert resolve_channels_last("auto", mlp) is False and resolve_channels_last("auto", plain) is True
+    monkeypatch.setenv(CHANNELS_LAST_ENV, "0")
+    assert resolve_channels_last("auto", plain) is False and resolve_channels_last(True, plain) is True
+    monkeypatch.setenv(CHANNELS_LAST_ENV, "maybe")
+    with pytest.raises(ValueError, match="DISTILL_AUTO_CHANNELS_LAST"):
+        resolve_channels_last("auto", plain)
+    with pytest.raises(ValueError, match="fsdp"):
+        resolve_channels_last(True, plain, sharded=True)
+    with pytest.raises(RecipeError, match="train.channels_last"):
+        distill.distil(None, plain, (x, y), steps=1, batch_size=32, channels_last="sideways",
+                       output_dir=tmp_path / "bad", progress=False)

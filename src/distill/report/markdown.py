@@ -142,6 +142,7 @@ def write_run_report(run_dir: Path, recipe, metrics: dict[str, Any]) -> Path:
         f"{metrics.get('threads')} thread(s)"
         + (f", {'fp32' if metrics['mixed_precision'] == 'no' else metrics['mixed_precision'] + ' autocast'}"
            f"{' (auto)' if getattr(recipe.train, 'mixed_precision', None) == 'auto' else ''}"
+           f"{', channels_last' if metrics.get('channels_last') else ''}"
            if metrics.get("mixed_precision") else "") + f"; seed {recipe.seed}",
     ]
     quantize = getattr(recipe, "quantize", None)

@@ -18,6 +18,7 @@ pays only where the hardware multiplies bf16 natively:
 """
 from __future__ import annotations
 
+from typing import Any
 import functools
 import os
 from pathlib import Path
@@ -107,4 +108,40 @@ def release_model(accelerator, prepared):
     return model
 
 
-__all__ = ["AUTO", "ENV", "cpu_bf16_units", "describe_precision", "release_model", "resolve_precision"]
+# -- memory format --------------------------------------------------------------------------------------
+CHANNELS_LAST_ENV = "DISTILL_AUTO_CHANNELS_LAST"
+
+
+def has_conv2d(module: Any) -> bool:
+    """Whether ``module`` (an nn.Module; anything else: False) holds a 2-d convolution."""
+    return isinstance(module, torch.nn.Module) and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+def resolve_channels_last(value: Any, student: Any, *, sharded: bool = False) -> bool:
+    """``train.channels_last`` for this run: ``auto`` -> True when the student has a Conv2d (the
+    environment variable ``DISTILL_AUTO_CHANNELS_LAST``, ``0`` or ``1``, decides instead when set) and
+    its parameters are not sharded (fsdp); True / False as given (True with fsdp is refused)."""
+    if value is True and sharded:
+        raise ValueError("true is not supported with train.strategy 'fsdp' (sharded weights); use auto or false")
+    if value != AUTO:
+        return bool(value)
+    pinned = os.environ.get(CHANNELS_LAST_ENV, "").strip()
+    if pinned:
+        if pinned not in ("0", "1"):
+            raise ValueError(f"environment variable {CHANNELS_LAST_ENV}={pinned!r}: give 0 or 1, or unset it")
+        return pinned == "1" and not sharded and has_conv2d(student)
+    return not sharded and has_conv2d(student)
+
+
+def set_layout(models: Any, channels_last: bool) -> None:
+    """Put the 4-d weights of each nn.Module in ``models`` in channels_last (NHWC) or the standard
+    contiguous layout, in place (``Module.to(memory_format=...)``; values are unchanged). A convolution
+    whose weight is channels_last computes, and returns, channels_last from a standard NCHW input."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for model in models:
+        if isinstance(model, torch.nn.Module):
+            model.to(memory_format=layout)
+
+
+__all__ = ["AUTO", "ENV", "cpu_bf16_units", "describe_precision", "release_model", "resolve_precision", "CHANNELS_LAST_ENV",
+           "has_conv2d", "resolve_channels_last", "set_layout"]
