@@ -333,7 +333,7 @@ def main() -> None:
     table = LogitTable([train, unlabelled], [logits["train"], logits["unlabeled"]])
     data = (train, test, unlabelled, logits["test"])
     if args.export_only:
-        export_students(args, data, table, tokenizer, cache, test, started)
+        export_students(args, data, table, tokenizer, cache, test, started, teacher_record)
         return
     runs: dict[str, dict[str, list[dict]]] = {}
     for kind in args.students:
@@ -407,7 +407,8 @@ def precision_words(precision: str) -> str:
     return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
 
 
-def export_students(args, data, table, tokenizer, cache: Path, test: TensorData, started: float) -> None:
+def export_students(args, data, table, tokenizer, cache: Path, test: TensorData, started: float,
+                    teacher_record: dict) -> None:
     """ONNX export + parity of the seed-0 'distilled + unlabelled' student of each kind (ag_news_minilm_export)."""
     from common import export_text_student, text_export_table
 
@@ -429,10 +430,12 @@ def export_students(args, data, table, tokenizer, cache: Path, test: TensorData,
                 f"(target cpu; int8-dynamic per output channel) and checked against eager PyTorch on the first {count:,} "
                 f"official test texts (truncated at {args.max_length}); agreement: top-1 class equal to eager's; accuracy "
                 f"on those texts; batch-1 latency at {args.max_length} tokens, {args.threads} thread(s).\n\n"
-                + text_export_table(rows) + "\n\nFull-test accuracy and safetensors size of the same runs: "
+                + text_export_table(rows) + f"\n\nTeacher (fine-tuned in this run or taken from its cache): "
+                f"{100 * teacher_record['accuracy']:.2f} on the full test set. Full-test accuracy and safetensors size of "
+                "the students: "
                 + "; ".join(f"{NAMES[k].format(keep=args.keep)} {100 * v['accuracy']:.2f}, {v['bytes'] / 1e6:.1f} MB"
                             for k, v in students.items()) + ".")
-    write_result("ag_news_minilm_export", {"exports": rows, "students": students,
+    write_result("ag_news_minilm_export", {"exports": rows, "students": students, "teacher": teacher_record,
                                            "args": {k: v for k, v in vars(args).items() if k != "out"}}, markdown, started)
     print(markdown)
 

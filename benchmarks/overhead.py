@@ -1,6 +1,6 @@
 """Benchmark 3: overhead of `distill run` and of the Python API against a minimal hand-written loop.
 
-    python benchmarks/overhead.py [--steps 400] [--repeats 3] [--threads 1]
+    python benchmarks/overhead.py [--steps 400] [--repeats 3] [--threads 1] [--precision no|bf16]
 
 All three train the Hinton MNIST student (784-800-800-10) from a live 784-1200-1200-10 teacher
 with 0.9 x KL(T=20) + 0.1 x CE, AdamW, cosine schedule, batch 128, for the same number of
@@ -35,7 +35,7 @@ from distill.training.optim import build_optimizer, build_scheduler  # noqa: E40
 TEMPERATURE = 20.0
 
 
-def hand_written(recipe, teacher_path: Path, steps: int) -> float:
+def hand_written(recipe, teacher_path: Path, steps: int, precision: str = "no") -> float:
     """The same computation as `distill run`, written out by hand; returns samples/s."""
     torch.manual_seed(recipe.seed)
     data = build_dataset("mnist", "train", root=recipe.data.root)
@@ -61,10 +61,11 @@ def hand_written(recipe, teacher_path: Path, steps: int) -> float:
                 break
             ids = order[i * batch:(i + 1) * batch]
             x, y = inputs[ids], targets[ids]
-            student_logits = student(x)
-            with torch.inference_mode():
-                teacher_logits = teacher(x)
-            teacher_logits = teacher_logits.clone()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):  # as Accelerate does
+                student_logits = student(x)
+                with torch.inference_mode():
+                    teacher_logits = teacher(x)
+            student_logits, teacher_logits = student_logits.float(), teacher_logits.float().clone()  # losses in fp32
             kl = F.kl_div(F.log_softmax(student_logits / TEMPERATURE, -1), F.log_softmax(teacher_logits / TEMPERATURE, -1),
                           log_target=True, reduction="batchmean") * TEMPERATURE ** 2
             loss = 0.9 * kl + 0.1 * F.cross_entropy(student_logits, y)
@@ -78,7 +79,7 @@ def hand_written(recipe, teacher_path: Path, steps: int) -> float:
     return steps * batch / elapsed
 
 
-def python_api(recipe, teacher_path: Path, steps: int, work: Path) -> float:
+def python_api(recipe, teacher_path: Path, steps: int, work: Path, precision: str = "no") -> float:
     """The same computation through ``distill.distil`` on plain objects; returns samples/s."""
     import distill
     from distill.artifacts import load_weights
@@ -93,7 +94,7 @@ def python_api(recipe, teacher_path: Path, steps: int, work: Path) -> float:
         teacher, student, (data.inputs, data.targets), losses=[term.model_dump(exclude_none=True) for term in recipe.losses],
         optimizer=recipe.optimizer.model_dump(), schedule=recipe.schedule.model_dump(), steps=steps,
         batch_size=recipe.data.batch_size, threads=recipe.train.threads, seed=recipe.seed, output_dir=work / "api",
-        overwrite=True, progress=False, measure_latency=False)
+        overwrite=True, progress=False, measure_latency=False, mixed_precision=precision)
     return result.state.samples / result.train_seconds
 
 
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="no", choices=["no", "bf16"],
+                        help="all three loops in fp32 (no) or bf16 autocast (bf16; result overhead_bf16)")
     args = parser.parse_args()
     root = require_data("mnist")
     started = time.time()
@@ -110,13 +113,14 @@ def main() -> None:
     teacher_path = hinton_teacher_file(work / "teacher.safetensors")
     recipe = load_recipe(ROOT / "recipes" / "hinton_mnist_distilled.yaml", [
         f"data.root={root}", f"teacher.checkpoint={teacher_path}", f"train.steps={args.steps}",
-        f"train.threads={args.threads}", "train.eval_every_epoch=false", f"output_dir={work / 'run'}"])
+        f"train.threads={args.threads}", "train.eval_every_epoch=false", f"output_dir={work / 'run'}",
+        f"train.mixed_precision={args.precision}"])
     distill_sps, api_sps, hand_sps = [], [], []
     for repeat in range(args.repeats):
         result = run_recipe(recipe, overwrite=True, progress=False, measure_latency=False)
         distill_sps.append(result.state.samples / result.train_seconds)
-        api_sps.append(python_api(recipe, teacher_path, args.steps, work))
-        hand_sps.append(hand_written(recipe, teacher_path, args.steps))
+        api_sps.append(python_api(recipe, teacher_path, args.steps, work, args.precision))
+        hand_sps.append(hand_written(recipe, teacher_path, args.steps, args.precision))
         print(f"repeat {repeat}: distill run {distill_sps[-1]:.0f} samples/s, distill.distil {api_sps[-1]:.0f}, "
               f"hand-written {hand_sps[-1]:.0f}", flush=True)
     ratios = [d / h for d, h in zip(distill_sps, hand_sps)]
@@ -135,12 +139,13 @@ def main() -> None:
         f"distill.distil / hand-written: **{api_ratio:.3f}** (per repeat: {', '.join(f'{r:.3f}' for r in api_ratios)}); "
         f"goal >= 0.9 for both: **{verdict}**. Workload: Hinton MNIST student 784-800-800-10 with a live "
         f"784-1200-1200-10 teacher, 0.9 x KL(T=20) + 0.1 x CE, AdamW, batch 128, {args.steps} steps per run, "
-        f"{args.repeats} alternating repeats, {args.threads} torch thread(s).",
+        f"{args.repeats} alternating repeats, {args.threads} torch thread(s), "
+        + ("fp32 on all three." if args.precision == "no" else "bf16 autocast on all three (losses in fp32)."),
     ])
-    numbers = {"steps": args.steps, "repeats": args.repeats, "threads": args.threads, "distill_samples_per_s": distill_sps,
+    numbers = {"precision": args.precision, "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "distill_samples_per_s": distill_sps,
                "api_samples_per_s": api_sps, "hand_samples_per_s": hand_sps, "ratio_of_medians": ratio, "ratios": ratios,
                "api_ratio_of_medians": api_ratio, "api_ratios": api_ratios}
-    path = write_result("overhead", numbers, markdown, started)
+    path = write_result("overhead" if args.precision == "no" else f"overhead_{args.precision}", numbers, markdown, started)
     print(markdown)
     print(f"wrote {path}")
 
