@@ -243,3 +243,36 @@ def test_denoiser_net_parameter_typo_is_named():
     with pytest.raises(ValueError, match="denoiser network 'time_mlp' has no parameter 'hiden'; valid parameters: "
                                          "input_shape, hidden, depth, time_dim"):
         build_denoiser_net("time_mlp", hiden=8)
+
+
+def test_vit_attention_under_cpu_bf16_autocast_matches_fp32():
+    """Under CPU bf16 autocast the ViT writes attention out (two bf16 matmuls, fp32 softmax) instead of the
+    fused kernel, which is slower there; outputs and gradients stay those of the fp32 model to bf16 rounding,
+    and fp32 keeps the fused path bit for bit (its output equals a hand-written fp32 attention to 1e-6)."""
+    import torch.nn.functional as F
+
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit", input_shape=(3, 16, 16), num_classes=5, dim=32, depth=2, heads=4)
+    x = torch.randn(6, 3, 16, 16)
+    reference = model(x)
+    reference.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.02)
+    out.float().square().sum().backward()
+    cosines = [F.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0) for p, g in zip(model.parameters(), grads)
+               if g.abs().sum() > 0]
+    assert min(cosines) > 0.98
+    attention = model.blocks[0].attn
+    tokens = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        B, T, D = tokens.shape
+        q, k, v = attention.qkv(tokens).view(B, T, 3, 4, D // 4).permute(2, 0, 3, 1, 4)
+        by_hand = ((q @ k.transpose(-2, -1)) / (D // 4) ** 0.5).softmax(-1) @ v
+        expected = attention.proj(by_hand.transpose(1, 2).reshape(B, T, D))
+        torch.testing.assert_close(attention.eval()(tokens), expected, rtol=1e-5, atol=1e-6)
