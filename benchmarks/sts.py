@@ -140,7 +140,20 @@ LOSSES = [{"name": "cosine_distance", "weight": 1.0}, {"name": "mse", "weight": 
 
 
 def distil_embeddings(teacher, student, data, *, epochs: int, lr: float, out: Path, precompute: bool,
-                      precision: str = "no") -> dict:
+                      precision: str = "no", reuse: bool = False) -> dict:
+    """Train ``student`` (in place) on ``data``; with ``reuse`` and a finished run of the same recipe in ``out``
+    (its model.safetensors and eval.json), load that run's weights instead and report its training time."""
+    if reuse and (out / "model.safetensors").is_file() and (out / "eval.json").is_file():
+        import json
+
+        distill.load_model(out / "model.safetensors", model=student)
+        recorded = json.loads((out / "eval.json").read_text())
+        per_epoch = len(data) if isinstance(data, torch.utils.data.DataLoader) else len(data) // 64
+        if recorded.get("train_steps") != per_epoch * epochs:
+            raise SystemExit(f"--reuse: {out} holds a run of another length; remove it or drop --reuse")
+        print(f"[sts] reusing the trained student in {out} ({recorded['train_seconds']:.0f} s of training)",
+              file=sys.stderr)
+        return {"train_seconds": recorded["train_seconds"], "reused": True}
     result = distill.distil(teacher, student, data, task="embedding", epochs=epochs, lr=lr, batch_size=64,
                             losses=LOSSES, schedule={"name": "cosine", "warmup_steps": 50},
                             precompute_teacher=precompute, output_dir=out, overwrite=True, progress=False,
@@ -168,6 +181,8 @@ def main() -> None:
     parser.add_argument("--skip-static", action="store_true", help="train and measure the transformer student only")
     parser.add_argument("--precision", default="no", choices=["no", "auto", "bf16"],
                         help="train.mixed_precision of the students' training (no: fp32, as the recorded results)")
+    parser.add_argument("--reuse", action="store_true", help="take the students trained by an earlier run in --out "
+                        "(same settings) instead of training them again: re-measures quality, speed and export")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX export and parity of the students")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "sts")
     parser.add_argument("--name", default="sts", help="the result's name (benchmarks/results/NAME.json, RESULTS.md section)")
@@ -189,9 +204,10 @@ def main() -> None:
     transformer.train()
     loader = grouped_loader(sentences, tokenizer, max_length=64, batch_size=64, seed=0)
     record = distil_embeddings(teacher, transformer, loader, epochs=args.epochs, lr=args.lr,
-                               out=args.out / "transformer", precompute=False, precision=args.precision)
+                               out=args.out / "transformer", precompute=False, precision=args.precision,
+                               reuse=args.reuse)
     transformer.eval()
-    transformer_seconds = time.perf_counter() - start
+    transformer_seconds = record["train_seconds"] if record.get("reused") else time.perf_counter() - start
     log(f"transformer student trained in {record['train_seconds']:.0f} s")
     static = static_before = None
     static_seconds = 0.0
@@ -207,9 +223,10 @@ def main() -> None:
         data.inputs.pop("token_type_ids", None)
         static.train()
         static_record = distil_embeddings(teacher, static, data, epochs=args.epochs, lr=1e-3, out=args.out / "static",
-                                          precompute=True, precision=args.precision)
+                                          precompute=True, precision=args.precision, reuse=args.reuse)
         static.eval()
-        static_seconds = time.perf_counter() - start
+        static_seconds = (static_build + static_record["train_seconds"] if static_record.get("reused")
+                          else time.perf_counter() - start)
         log(f"static student built in {static_build:.0f} s (Spearman {static_before:.4f} before fine-tuning), "
             f"fine-tuned in {static_record['train_seconds']:.0f} s")
 
@@ -248,7 +265,7 @@ def main() -> None:
     def verdict(name: str, quality: float, speed: float) -> str:
         row = rows[name]
         met = row["spearman"] >= quality and row["sentences_per_s"] >= speed * teacher_rate
-        return (f"{name}: {100 * row['spearman']:.2f} at {row['sentences_per_s'] / teacher_rate:.1f}x "
+        return (f"{name}: {100 * row['spearman']:.2f} at {row['sentences_per_s'] / teacher_rate:.2f}x "
                 f"(goal >= {100 * quality:.0f} at >= {speed:.0f}x: {'met' if met else 'missed'})")
 
     goals = [f"teacher {100 * rows['teacher (MiniLM-L6, fp32)']['spearman']:.2f} (model card: 82.0)",
@@ -269,7 +286,9 @@ def main() -> None:
                 f"unlabelled, WordNet examples; no similarity labels), {args.epochs} epochs, cosine + 10 x MSE to the "
                 f"teacher's embeddings, {args.train_threads} threads, {precision_words(args.precision)}. "
                 f"Transformer student: teacher blocks {args.keep} (layer dropping), feed-forward layers narrowed to "
-                f"{args.ffn} of 1536 units, trained in {transformer_seconds / 60:.1f} min on length-grouped batches "
+                f"{args.ffn} of 1536 units, trained in {transformer_seconds / 60:.1f} min"
+                + (" (by an earlier run of this command in --out, reused: --reuse)" if record.get("reused") else "")
+                + " on length-grouped batches "
                 f"against the live teacher" + (f"; static student built and fine-tuned in {static_seconds / 60:.1f} min"
                                                if static is not None else "") +
                 f". Throughput: STS-B test sentences, batch 64, {args.threads} torch thread(s), tokenisation "
