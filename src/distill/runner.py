@@ -527,9 +527,11 @@ def stored_teacher_outputs(recipe: Recipe, teacher: nn.Module, train_set: Any, o
     memory, (N, ...); ``cache``: the on-disk cache, built when missing), else None (a live teacher)."""
     from distill.core.io import to_device
 
-    if recipe.teacher.precompute:
+    if recipe.teacher.precompute:  # under the run's autocast, as the live teacher's forward would be; kept fp32
         train_inputs, _ = _data_tensors(train_set, recipe.data.eval_batch_size)
-        return outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
+        with accelerator.autocast():
+            outputs = outputs_of(teacher, to_device(train_inputs, accelerator.device), "the teacher")
+        return outputs.float() if torch.is_tensor(outputs) and outputs.is_floating_point() else outputs
     if recipe.teacher.cache is None:
         return None
     if not isinstance(train_set, ArrayDataset) and recipe.task != "token":

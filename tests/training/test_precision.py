@@ -148,3 +148,21 @@ def test_channels_last_auto_for_convolutional_students(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="train.channels_last"):
         distill.distil(None, plain, (x, y), steps=1, batch_size=32, channels_last="sideways",
                        output_dir=tmp_path / "bad", progress=False)
+
+
+def test_precomputed_teacher_outputs_follow_the_runs_precision(tmp_path):
+    """teacher.precompute runs the teacher under the run's autocast (bf16 matmuls under bf16), as a live
+    teacher would be; under fp32 it stays fp32."""
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        teacher = torch.nn.Sequential(torch.nn.Linear(8, 2)).eval()
+        seen = []
+        teacher[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        student = torch.nn.Sequential(torch.nn.Linear(8, 2))
+        result = distill.distil(teacher, student, (x, y), steps=2, batch_size=32, precompute_teacher=True,
+                                losses=[{"name": "kl", "temperature": 2.0}], mixed_precision=precision,
+                                output_dir=tmp_path / precision, progress=False, measure_latency=False, device="cpu")
+        assert result.metrics["mixed_precision"] == precision
+        assert dtype in seen  # the precomputing forward
+        assert all(p.dtype == torch.float32 for p in result.model.parameters())
