@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, require_data, write_result  # noqa: E402
+from common import ROOT, precision_words, require_data, write_result  # noqa: E402
 
 import distill  # noqa: E402
 from distill.data import sentence_data, text_classification_data  # noqa: E402
@@ -222,7 +222,7 @@ def train_student(kind: str, variant: str, seed: int, args, data, teacher_table,
     settings = {"kind": kind, "variant": variant, "seed": seed, "temperature": args.temperature,
                 "steps": args.layerdrop_steps if kind == "layerdrop" else args.steps, "keep": args.keep,
                 "embed_dim": args.embed_dim, "teacher": args.teacher_key, **STUDENT_SETTINGS[kind],
-                **({"precision": args.precision} if args.precision != "no" else {})}
+                **precision_key(args)}
     folder = cache / "runs" / f"{kind}-{variant.replace('+', '-')}-seed{seed}-{settings_key(settings)}"
     record_file = folder / "result.json"
     if record_file.is_file():
@@ -401,10 +401,9 @@ def main() -> None:
     print(markdown)
 
 
-def precision_words(precision: str) -> str:
-    from distill.training.precision import describe_precision
-
-    return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
+def precision_key(args) -> dict:
+    """The cache-key entry of ``--precision``: none for fp32, so that earlier fp32 runs' caches stay valid."""
+    return {"precision": args.precision} if args.precision != "no" else {}
 
 
 def export_students(args, data, table, tokenizer, cache: Path, test: TensorData, started: float,
@@ -420,11 +419,12 @@ def export_students(args, data, table, tokenizer, cache: Path, test: TensorData,
         record = train_student(kind, "distilled+unlabelled", 0, args, data, table, tokenizer, cache)
         model = load_student(kind, record, args).eval()
         name = NAMES[kind].format(keep=args.keep)
-        rows += export_text_student(model, name, args.out / "export" / kind, inputs=inputs, max_length=args.max_length,
-                                    tokenizer_json=tokenizer_json, targets=test.targets[:count], classes=list(test.classes),
-                                    threads=args.threads)
+        done = export_text_student(model, name, args.out / "export" / kind, inputs=inputs, max_length=args.max_length,
+                                   tokenizer_json=tokenizer_json, targets=test.targets[:count], classes=list(test.classes),
+                                   threads=args.threads)
+        rows += done
         students[kind] = {"accuracy": record["accuracy"], "bytes": record["bytes"], "parameters": record["parameters"]}
-        log(f"exported {kind}: {[(row['variant'], row['status']) for row in rows if row['student'] == name]}")
+        log(f"exported {kind}: {[(row['variant'], row['status']) for row in done]}")
     markdown = (f"The seed-0 'distilled + unlabelled' student of each kind in `ag_news_minilm` (the same settings and "
                 f"start; training precision {precision_words(args.precision)}), exported with `distill.export.Exporter` "
                 f"(target cpu; int8-dynamic per output channel) and checked against eager PyTorch on the first {count:,} "
@@ -443,7 +443,7 @@ def export_students(args, data, table, tokenizer, cache: Path, test: TensorData,
 def teacher_settings(args, train, test, unlabelled) -> dict:
     return {"epochs": args.teacher_epochs, "lr": args.teacher_lr, "batch_size": 32, "max_length": args.max_length,
             "seed": 0, "train": train.fingerprint(), "unlabeled": unlabelled.fingerprint(), "test": test.fingerprint(),
-            **({"precision": args.precision} if args.precision != "no" else {})}
+            **precision_key(args)}
 
 
 if __name__ == "__main__":

@@ -124,6 +124,13 @@ def require_data(name: str) -> Path:
     return path
 
 
+def precision_words(precision: str) -> str:
+    """How a benchmark's ``--precision`` (a ``train.mixed_precision`` value) reads in its results."""
+    from distill.training.precision import describe_precision
+
+    return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
+
+
 # -- text students: ONNX export and parity --------------------------------------------------------------
 TEXT_EXPORTS = (("cpu", "fp32"), ("cpu", "int8-dynamic"))
 

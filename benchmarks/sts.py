@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, export_text_student, require_data, text_export_table, write_result  # noqa: E402
+from common import (ROOT, export_text_student, precision_words, require_data, text_export_table,  # noqa: E402
+                    write_result)
 
 import distill  # noqa: E402
 from distill.data import sentence_data  # noqa: E402
@@ -159,12 +160,6 @@ def distil_embeddings(teacher, student, data, *, epochs: int, lr: float, out: Pa
                             precompute_teacher=precompute, output_dir=out, overwrite=True, progress=False,
                             measure_latency=False, weight_decay=0.01, mixed_precision=precision)
     return {"train_seconds": result.train_seconds}
-
-
-def precision_words(precision: str) -> str:
-    from distill.training.precision import describe_precision
-
-    return "fp32 (pinned)" if precision == "no" else describe_precision(precision, "cpu")
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ pays only where the hardware multiplies bf16 natively:
 """
 from __future__ import annotations
 
-from typing import Any
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,8 +94,6 @@ def describe_precision(value: str, device: str | torch.device) -> str:
     return f"{name} (auto: {kind}, {why})"
 
 
-
-
 def release_model(accelerator, prepared):
     """The bare model behind ``prepared`` with Accelerate's autocast wrapper taken off its ``forward``
     (``accelerator.prepare`` wraps a model's forward in autocast under mixed precision, on the user's own
@@ -126,11 +124,9 @@ def resolve_channels_last(value: Any, student: Any, *, sharded: bool = False) ->
     if value != AUTO:
         return bool(value)
     pinned = os.environ.get(CHANNELS_LAST_ENV, "").strip()
-    if pinned:
-        if pinned not in ("0", "1"):
-            raise ValueError(f"environment variable {CHANNELS_LAST_ENV}={pinned!r}: give 0 or 1, or unset it")
-        return pinned == "1" and not sharded and has_conv2d(student)
-    return not sharded and has_conv2d(student)
+    if pinned not in ("", "0", "1"):
+        raise ValueError(f"environment variable {CHANNELS_LAST_ENV}={pinned!r}: give 0 or 1, or unset it")
+    return pinned != "0" and not sharded and has_conv2d(student)
 
 
 def set_layout(models: Any, channels_last: bool) -> None:
@@ -143,5 +139,5 @@ def set_layout(models: Any, channels_last: bool) -> None:
             model.to(memory_format=layout)
 
 
-__all__ = ["AUTO", "ENV", "cpu_bf16_units", "describe_precision", "release_model", "resolve_precision", "CHANNELS_LAST_ENV",
-           "has_conv2d", "resolve_channels_last", "set_layout"]
+__all__ = ["AUTO", "CHANNELS_LAST_ENV", "ENV", "cpu_bf16_units", "describe_precision", "has_conv2d", "release_model",
+           "resolve_channels_last", "resolve_precision", "set_layout"]
