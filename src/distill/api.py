@@ -187,13 +187,14 @@ def _callbacks(callbacks: Iterable[Any]) -> Callable | None:
 
 
 def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, task: str, batch_size: int = 8,
-                       progress: bool = True):
+                       progress: bool = True, precision: str = "fp32"):
     """The teacher cache ``distil(..., cache=...)`` trains from, checked against ``train`` (and ``teacher``).
 
     ``cache``: an opened cache (:func:`distill.data.open_cache`), the path of a finished one, or a dict
-    ``{"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite"}`` built with ``teacher``
-    when missing (task "token": :func:`distill.data.token_cache.build_token_cache`, default k=32, mode
-    "tail"; else :func:`distill.data.build_cache`). A cache of other data, of another teacher, or of the
+    ``{"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite", "precision"}`` built with
+    ``teacher`` when missing (task "token": :func:`distill.data.token_cache.build_token_cache`, default
+    k=32, mode "tail"; else :func:`distill.data.build_cache`), its forward at ``precision`` ("fp32",
+    "bf16" or "fp16" autocast; ``distil`` passes the run's) unless the dict says otherwise. A cache of other data, of another teacher, or of the
     other kind (token rows vs one row per sample) is refused naming the difference."""
     from distill.data.cache import CacheError, TeacherCache, build_cache, open_cache, weights_fingerprint
     from distill.data.token_cache import TokenTeacherCache, build_token_cache
@@ -205,10 +206,12 @@ def open_teacher_cache(cache: Any, teacher: nn.Module | None, train: Any, *, tas
             opened = cache
         else:
             spec = dict(cache) if isinstance(cache, Mapping) else {"path": cache}
-            unknown = sorted(set(spec) - {"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite"})
+            unknown = sorted(set(spec) - {"path", "k", "temperature", "dtype", "mode", "shard_size", "overwrite",
+                                          "precision"})
             if unknown or "path" not in spec:
                 raise RecipeError(f"argument 'cache': unknown keys {unknown} or no 'path'; give a path, an opened "
-                                  "cache, or {path, k, temperature, dtype, mode, shard_size, overwrite}")
+                                  "cache, or {path, k, temperature, dtype, mode, shard_size, overwrite, precision}")
+            spec.setdefault("precision", precision)
             path = Path(spec.pop("path"))
             expect.update({key: spec[key] for key in ("k", "temperature", "dtype") if key in spec})
             if teacher is None or (path.is_dir() and not spec.get("overwrite")):
@@ -338,7 +341,12 @@ def distil(
         teacher, description = source.model, source.description
     stored = None
     if cache is not None:
-        stored = open_teacher_cache(cache, teacher, train, task=task, batch_size=eval_batch_size, progress=progress)
+        from distill.training.precision import resolve_precision
+
+        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        resolved = resolve_precision(mixed_precision, "cpu" if on_cpu else "cuda")
+        stored = open_teacher_cache(cache, teacher, train, task=task, batch_size=eval_batch_size, progress=progress,
+                                    precision={"bf16": "bf16", "fp16": "fp16"}.get(resolved, "fp32"))
     has_teacher = teacher is not None or stored is not None
     if losses is None:
         if task == "embedding":

@@ -230,9 +230,13 @@ def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bo
     A cache made by another teacher, for other data or with other settings is refused with a
     message naming each difference (``overwrite=True`` rebuilds it instead).
     """
-    from distill.data.cache import CacheError, build_cache
+    from distill.data.cache import CacheError, _teacher_device, build_cache
+    from distill.training.precision import resolve_precision
 
     spec = recipe.teacher.cache
+    # the teacher's forward as the run's would be: train.mixed_precision on the teacher's device
+    resolved = resolve_precision(recipe.train.mixed_precision, _teacher_device(teacher).type)
+    precision = {"bf16": "bf16", "fp16": "fp16"}.get(resolved, "fp32")
     if recipe.task == "token":  # per-token top-k + tail of a causal LM (distill.data.token_cache)
         from distill.data.token_cache import build_token_cache
 
@@ -242,14 +246,15 @@ def teacher_cache(recipe: Recipe, teacher: nn.Module, train_set, *, progress: bo
         try:
             return build_token_cache(teacher, train_set, spec.path, k=spec.k, temperature=spec.temperature,
                                      dtype=spec.dtype, shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size,
-                                     mode=spec.mode or "tail", overwrite=overwrite, progress=progress)
+                                     mode=spec.mode or "tail", overwrite=overwrite, progress=progress,
+                                     precision=precision)
         except (CacheError, ValueError) as exc:
             raise RecipeError(f"field 'teacher.cache': {exc}") from None
     try:
         return build_cache(
             teacher, train_set, spec.path, k=spec.k, temperature=spec.temperature, dtype=spec.dtype,
             shard_size=spec.shard_size, batch_size=recipe.data.eval_batch_size, mode=spec.mode or "renormalized",
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, precision=precision,
         )
     except CacheError as exc:
         raise RecipeError(f"field 'teacher.cache': {exc}") from None

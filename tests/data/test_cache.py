@@ -89,6 +89,32 @@ def test_top_k_round_trip(tmp_path, dtype, rtol):
     assert cache.manifest["index_dtype"] == "uint8"
 
 
+def test_bf16_build_runs_the_teacher_under_autocast_and_serves_any_run(tmp_path):
+    """precision="bf16": the teacher's forward is bf16 autocast (its logits differ from fp32 by a bf16
+    rounding, the same classes win), stored as fp32, recorded in the manifest; not identity: an fp32
+    build request reuses it without running the teacher, and a bad precision is refused by name."""
+    teacher, dataset = Teacher(), make_dataset()
+    cache = build(teacher, dataset, tmp_path / "bf16", dtype="float32", precision="bf16")
+    assert cache.manifest["precision"] == "bf16"
+    expected = reference(teacher, dataset)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        calls = teacher.calls
+        under_autocast = teacher(dataset.inputs).float()
+        teacher.calls = calls
+    looked_up = cache.lookup(torch.arange(len(dataset)))
+    torch.testing.assert_close(looked_up, under_autocast, rtol=1e-2, atol=2e-2)
+    assert not torch.equal(looked_up, expected)  # it did run in bf16
+    assert (looked_up - expected).abs().max() < 0.1 and (looked_up.argmax(1) == expected.argmax(1)).float().mean() > 0.95
+    calls = teacher.calls
+    again = build(teacher, dataset, tmp_path / "bf16", dtype="float32")  # an fp32 run: same cache, no teacher pass
+    assert teacher.calls == calls and again.manifest["precision"] == "bf16"
+    fp32 = build(teacher, dataset, tmp_path / "fp32", dtype="float32")
+    assert fp32.manifest["precision"] == "fp32"
+    torch.testing.assert_close(fp32.lookup(IDS), expected[IDS], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="precision='int8' is not one of"):
+        build(teacher, dataset, tmp_path / "bad", precision="int8")
+
+
 def test_index_dtype_is_the_smallest_that_fits(tmp_path):
     assert [index_dtype(c).name for c in (2, 10, 256, 257, 1000, 32768, 32769, 65536, 65537)] == [
         "uint8", "uint8", "uint8", "int16", "int16", "int16", "uint16", "uint16", "int32"]

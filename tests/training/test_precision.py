@@ -2,6 +2,7 @@
 natively, fp32 elsewhere; what a run used is recorded in eval.json."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import distill
 import distill.training.precision as precision
+from distill.data import ArrayDataset
 from distill.recipe import load_recipe
 
 
@@ -166,3 +168,23 @@ def test_precomputed_teacher_outputs_follow_the_runs_precision(tmp_path):
         assert result.metrics["mixed_precision"] == precision
         assert dtype in seen  # the precomputing forward
         assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+def test_teacher_cache_builds_follow_the_runs_precision(tmp_path):
+    """A cache built for a run (distil's ``cache=``) runs the teacher under the run's autocast: bf16 under
+    bf16, fp32 under "no"; the manifest says which."""
+    x = torch.randn(64, 1, 2, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0, 0, 0] > 0).long()
+    train = ArrayDataset(x, y, ["a", "b"], "toy", "train")
+    for precision, dtype, recorded in (("bf16", torch.bfloat16, "bf16"), ("no", torch.float32, "fp32")):
+        teacher = torch.nn.Sequential(torch.nn.Linear(8, 2)).eval()
+        teacher.insert(0, torch.nn.Flatten())
+        seen = []
+        teacher[1].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        distill.distil(teacher, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2)), train, steps=2, batch_size=32,
+                       cache={"path": str(tmp_path / f"cache-{precision}"), "dtype": "float32"},
+                       losses=[{"name": "kl", "temperature": 2.0}], mixed_precision=precision,
+                       output_dir=tmp_path / precision, progress=False, measure_latency=False, device="cpu")
+        assert seen and seen[0] == dtype  # the cache build's forward
+        manifest = json.loads((tmp_path / f"cache-{precision}" / "manifest.json").read_text())
+        assert manifest["precision"] == recorded

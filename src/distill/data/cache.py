@@ -25,7 +25,9 @@ the data set's fingerprint, name, split and length, the transform fingerprint, `
 ``temperature``, ``dtype`` and the feature paths; ``open_cache(expect=...)`` and ``build_cache``
 refuse a cache whose identity differs, naming each part. ``temperature`` is content only for
 top-k caches (the stored tail mass); a dense cache holds raw logits, usable at any T, so its
-temperature is never compared.
+temperature is never compared. The manifest also records ``precision``, the teacher's forward
+during the build (``fp32``, or ``bf16`` / ``fp16`` autocast, as the run's mixed precision); it is
+not identity: its effect on the stored logits is of the order of float16 storage.
 
 Augmentation. The teacher sees the data set's stored inputs. A random augmentation applied at
 training time would show the live teacher different inputs every epoch, so cached outputs would
@@ -66,6 +68,7 @@ so no finished cache ever holds a non-finite value.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import hashlib
@@ -591,9 +594,22 @@ def _load_progress(partial: Path, config: dict[str, Any]) -> dict[int, dict[str,
     return done
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # the teacher's forward while a cache is built (autocast for bf16 / fp16)
+
+
+def teacher_autocast(precision: str, device: torch.device):
+    """The autocast context a cache build runs the teacher under: none for ``"fp32"``, else bf16 / fp16
+    autocast on ``device`` (outputs are cast to fp32 before they are stored)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def _check_build_arguments(who: str, path: Path, *, temperature: float, dtype: str, shard_size: int, batch_size: int,
-                           mode: str) -> None:
+                           mode: str, precision: str = "fp32") -> None:
     """ValueError naming ``who``'s argument when a build's path or settings are not usable."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{who}: precision={precision!r} is not one of {PRECISIONS}")
     if path.name.endswith(PARTIAL_SUFFIX):
         raise ValueError(f"{who}: path {path} must not end in {PARTIAL_SUFFIX!r} (that suffix marks unfinished builds)")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -612,7 +628,7 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
                 batch_size: int = 512, transform_fingerprint: str = "none",
                 features: dict[str, str] | None = None, mode: str = "renormalized",
                 overwrite: bool = False, device: torch.device | str | None = None,
-                progress: bool = True) -> TeacherCache:
+                progress: bool = True, precision: str = "fp32") -> TeacherCache:
     """Run ``teacher`` once over ``dataset`` (in order) and store its outputs at ``path``.
 
     Args:
@@ -633,6 +649,10 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
             distill made (or an empty folder) is ever replaced; anything else at ``path`` is
             refused with CacheFolderError (see "Ownership and overwrite" above).
         device: where to run the teacher (default: where its parameters are).
+        precision: the teacher's forward: "fp32", or "bf16" / "fp16" autocast (what a run's
+            ``train.mixed_precision`` resolves to; outputs are stored from fp32). Recorded in the
+            manifest as ``precision``; not part of the cache's identity, so a cache built at one
+            precision serves runs at another (the difference is of the order of float16 storage).
 
     Returns the opened cache. A matching finished cache at ``path`` is returned without running
     the teacher; a matching ``<path>.partial`` is resumed.
@@ -641,7 +661,7 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"build_cache: k must be None (dense) or an int >= 1, got {k!r}")
     _check_build_arguments("build_cache", path, temperature=temperature, dtype=dtype, shard_size=shard_size,
-                           batch_size=batch_size, mode=mode)
+                           batch_size=batch_size, mode=mode, precision=precision)
     if transform_fingerprint != "none":
         raise CacheError(f"build_cache: transform {transform_fingerprint!r} is treated as random augmentation: the "
                          "teacher would see different inputs every epoch, so stored outputs would be wrong. Cache "
@@ -663,6 +683,7 @@ def build_cache(teacher: nn.Module, dataset: ArrayDataset, path: str | Path, *, 
         "features": dict(features or {}),
         "shard_size": shard_size,
         "version": VERSION,
+        "precision": precision,
     }
 
     existing = _existing_cache(path, config, mode, overwrite)
@@ -749,7 +770,7 @@ def _run_teacher(teacher: nn.Module, dataset: ArrayDataset, partial: Path, shard
             try:
                 for begin in range(start, stop, batch_size):
                     end = min(begin + batch_size, stop)
-                    with torch.inference_mode():
+                    with torch.inference_mode(), teacher_autocast(config.get("precision", "fp32"), device):
                         output = teacher(dataset.inputs[begin:end].to(device))
                     arrays = _batch_arrays(output, captured, hooked, k, temperature, dtype, end - begin,
                                            f"samples {begin}..{end - 1}", begin)
@@ -891,6 +912,7 @@ def _finalise(path: Path, partial: Path, config: dict[str, Any], done: dict[int,
         "num_classes": num_classes,
         "index_dtype": None if k is None else index_dtype(num_classes).name,
         "shard_size": config["shard_size"],
+        "precision": config.get("precision", "fp32"),
         "shards": [{"index": shard, "start": done[shard]["start"], "rows": done[shard]["rows"]} for shard in sorted(done)],
         "arrays": arrays,
         "sha256": {file: digest for shard in sorted(done) for file, digest in sorted(done[shard]["sha256"].items())},

@@ -50,6 +50,7 @@ from distill.losses.sparse import SparseTeacher
 from distill.safety import mark_owned, sha256_file
 
 from .cache import (FORMAT, IDENTITY, OWNED_KIND, PROGRESS, VERSION, CacheError, TeacherCache, _check_build_arguments,
+                    teacher_autocast,
                     _check_replaceable, _decode, _encode, _existing_cache, _fsync_dir, _install, _load_progress,
                     _marker, _partial_path, _remove_cache_folder, _shard_file, _storage_dtype, _teacher_device,
                     _write_json, index_dtype, weights_fingerprint)
@@ -208,7 +209,8 @@ def _valid_positions(inputs: Any, targets: Tensor | None) -> Tensor:
 def build_token_cache(teacher: nn.Module, dataset: Any, path: str | Path, *, k: int = 32, temperature: float = 1.0,
                       dtype: str = "float16", shard_size: int = 256, batch_size: int = 8, mode: str = "tail",
                       overwrite: bool = False, device: torch.device | str | None = None,
-                      progress: bool = True, report: Callable[[str], None] | None = print) -> TokenTeacherCache:
+                      progress: bool = True, report: Callable[[str], None] | None = print,
+                      precision: str = "fp32") -> TokenTeacherCache:
     """Run the causal LM ``teacher`` once over ``dataset``'s sequences and store, per valid token, its
     top-k logits, their ids and its tail mass at ``path``.
 
@@ -223,6 +225,8 @@ def build_token_cache(teacher: nn.Module, dataset: Any, path: str | Path, *, k: 
         mode: the returned cache's lookup mode ("tail": k + 1 buckets; "renormalized": the k ids).
         overwrite: replace a cache at ``path`` that does not match (only a teacher cache distill made).
         report: called with one line giving tokens, bytes per token and size (None: silent).
+        precision: the teacher's forward, "fp32" or "bf16" / "fp16" autocast (logits kept from fp32);
+            recorded in the manifest, not part of the identity (see :func:`distill.data.build_cache`).
 
     Returns the opened cache (a matching finished cache is returned without running the teacher; a
     matching ``<path>.partial`` is resumed). Its manifest records ``bytes_per_token``.
@@ -231,7 +235,7 @@ def build_token_cache(teacher: nn.Module, dataset: Any, path: str | Path, *, k: 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"build_token_cache: k must be an int >= 1 (token ids kept per position), got {k!r}")
     _check_build_arguments("build_token_cache", path, temperature=temperature, dtype=dtype, shard_size=shard_size,
-                           batch_size=batch_size, mode=mode)
+                           batch_size=batch_size, mode=mode, precision=precision)
     fingerprint = getattr(dataset, "fingerprint", None)
     if not callable(fingerprint) or not hasattr(dataset, "inputs"):
         raise CacheError(f"build_token_cache: {type(dataset).__name__} is not an in-memory token data set; give a "
@@ -243,6 +247,7 @@ def build_token_cache(teacher: nn.Module, dataset: Any, path: str | Path, *, k: 
         "dataset_name": dataset.name, "dataset_split": dataset.split, "num_samples": len(dataset),
         "transform_fingerprint": "none", "k": k, "temperature": float(temperature), "dtype": dtype,
         "features": {}, "shard_size": shard_size, "version": VERSION, "kind": "token",
+        "precision": precision,
     }
     existing = _existing_cache(path, config, mode, overwrite)
     if existing is not None:
@@ -299,8 +304,8 @@ def _run_token_teacher(teacher: nn.Module, dataset: Any, partial: Path, shards: 
                 end = min(begin + batch_size, stop)
                 inputs = _take(dataset.inputs, begin, end)
                 valid = _valid_positions(inputs, None if targets is None else targets[begin:end])
-                with torch.inference_mode():
-                    logits = logits_of(call_model(teacher, _to(inputs, device)), who="the teacher")
+                with torch.inference_mode(), teacher_autocast(config["precision"], device):
+                    logits = logits_of(call_model(teacher, _to(inputs, device)), who="the teacher").float()
                 if logits.ndim != 3 or logits.shape[:2] != valid.shape:
                     raise CacheError(f"the teacher's logits for samples {begin}..{end - 1} are {tuple(logits.shape)}; "
                                      f"a causal LM gives (batch, length, vocabulary) = ({end - begin}, "
@@ -366,6 +371,7 @@ def _finalise_tokens(path: Path, partial: Path, config: dict[str, Any], done: di
         "format": FORMAT, "version": VERSION, "kind": "token", "mode": mode,
         **{key: config[key] for key in IDENTITY},
         "num_classes": vocab, "index_dtype": index_dtype(vocab).name, "shard_size": config["shard_size"],
+        "precision": config["precision"],
         "shards": [{"index": shard, "start": done[shard]["start"], "rows": done[shard]["rows"],
                     "tokens": done[shard]["tokens"]} for shard in sorted(done)],
         "arrays": arrays,
