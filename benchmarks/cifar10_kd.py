@@ -12,7 +12,8 @@ Every student is the same CNN (16-32-64 channels), trained on all 50,000 images 
 augmentation (a cache stores one output per image) for the same epochs with AdamW 2e-3, cosine:
 - ``alone``: hard labels (cross-entropy) only;
 - ``kd``: 0.9 x KL(T=4) + 0.1 x CE (Hinton et al. 2015);
-- ``dkd``: CE + DKD (alpha 1, beta 8, T=4; Zhao et al. 2022, mdistiller's CIFAR weights);
+- ``dkd``: CE + DKD (alpha 1, beta 8, T=4; Zhao et al. 2022, mdistiller's CIFAR weights), its weight
+  ramped up over the first 1/12 of the steps (the paper's 20 of 240 epochs);
 - ``dist``: CE + 2 x DIST (beta = gamma = 1 inside, T=4; Huang et al. 2022);
 - ``rkd``: the best feature term of ``features_cifar10_strong_teacher``, KD + RKD distance (25),
   with the teacher run live (feature taps need its activations).
@@ -45,7 +46,7 @@ ROWS = {  # key: (label, losses, feature terms, live teacher)
     "alone": ("student alone (hard labels)", [CE], [], False),
     "kd": ("KD: 0.9 KL(T=4) + 0.1 CE", [{"name": "kl", "weight": 0.9, "temperature": 4.0},
                                          {"name": "cross_entropy", "weight": 0.1}], [], False),
-    "dkd": ("DKD: CE + DKD(alpha 1, beta 8, T=4)", [CE, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0}],
+    "dkd": ("DKD: CE + DKD(alpha 1, beta 8, T=4), warm-up 1/12", [CE, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0}],
             [], False),
     "dist": ("DIST: CE + 2 DIST(T=4)", [CE, {"name": "dist", "weight": 2.0, "temperature": 4.0}], [], False),
     "rkd": ("KD + RKD distance (25), live teacher", [{"name": "kl", "weight": 0.9, "temperature": 4.0},
@@ -124,6 +125,9 @@ def main() -> None:
 
     def tree_for(key: str, seed: int) -> dict:
         label, losses, features, live = ROWS[key]
+        if key == "dkd":  # the paper's warm-up: 20 of 240 epochs
+            steps = (50000 if args.subset is None else args.subset) // 128 * args.student_epochs
+            losses = [losses[0], {**losses[1], "warmup_steps": max(1, round(steps / 12))}]
         tree = {**base_tree(root, 1, args.subset), "name": f"student-{key}", "seed": seed, "student": STUDENT, "losses": losses,
                 "features": features, "output_dir": str(args.out / "runs" / f"{key}-seed{seed}")}
         tree["train"]["epochs"] = args.student_epochs

@@ -76,6 +76,48 @@ def test_total_is_the_weighted_sum_of_independently_computed_terms():
     assert out["loss"].requires_grad and out["loss"].dtype == torch.float32
 
 
+def test_a_term_warm_up_ramps_its_weight_linearly_over_the_first_steps():
+    """warmup_steps=4: weight x 1/4, 2/4, 3/4 at steps 0-2, the full weight from step 3; the other terms
+    keep theirs. A bad warm-up is refused when the term is made."""
+    term = LossTerm("kl", 2.0, 4.0, warmup_steps=4)
+    assert [term.weight_at(step) for step in (0, 1, 2, 3, 10)] == [0.5, 1.0, 1.5, 2.0, 2.0]
+    assert LossTerm("kl", 2.0).weight_at(0) == 2.0
+    student, teacher = models()
+    data = batch()
+    distiller = Distiller(student, teacher, [term, LossTerm("cross_entropy", 0.1)])
+    for step, fraction in ((0, 0.25), (2, 0.75), (7, 1.0)):
+        distiller.step = step
+        out = distiller(data)
+        torch.testing.assert_close(out["loss"], 2.0 * fraction * out["kl"] + 0.1 * out["cross_entropy"],
+                                   rtol=1e-6, atol=1e-7)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            LossTerm("kl", warmup_steps=bad)
+
+
+def test_the_training_loop_tells_the_distiller_its_step(tmp_path):
+    """A run with a warm-up of 4 steps logs loss = (step / 4) x the term at optimiser steps 1-3 (the
+    loop sets Distiller.step before each forward); a recipe's loss takes warmup_steps too."""
+    import json
+
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe({"student": {"model": "mlp"}, "teacher": {"model": "mlp"},
+                          "losses": [{"name": "dkd", "warmup_steps": 40, "beta": 8.0}]})
+    assert recipe.losses[0].warmup_steps == 40 and recipe.losses[0].params == {"beta": 8.0}
+    from distill.runner import run_recipe
+
+    run_recipe(load_recipe({"student": {"model": "mlp", "params": {"hidden": [16]}}, "data": {"name": "digits", "batch_size": 16},
+                            "losses": [{"name": "cross_entropy", "warmup_steps": 4}], "output_dir": str(tmp_path / "run"),
+                            "train": {"steps": 3, "log_every": 1, "mixed_precision": "no"}}),
+               progress=False, measure_latency=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if row.get("split") == "train"]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["step"] / 4 * row["cross_entropy"], rel=1e-5)
+
+
 def test_precomputed_teacher_outputs_give_the_live_teacher_loss():
     student, teacher = models()
     data = batch(6)

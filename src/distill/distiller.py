@@ -40,6 +40,7 @@ class LossTerm:
     temperature: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # the term's name in metrics (default: ``name``): the same loss twice needs two
+    warmup_steps: int = 0  # the weight ramps linearly from 0 to ``weight`` over this many optimiser steps
 
     def __post_init__(self) -> None:
         self.fn: Callable = LOSSES.get(self.name)
@@ -49,6 +50,16 @@ class LossTerm:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, numbers.Real) \
                 or not 0 < self.temperature < math.inf:
             raise ValueError(f"loss {self.name!r}: temperature is {self.temperature!r}; it must be a finite number > 0")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"loss {self.name!r}: warmup_steps is {self.warmup_steps!r}; it must be an int >= 0")
+
+    def weight_at(self, step: int) -> float:
+        """The term's weight at optimiser step ``step`` (0-based, the steps already taken):
+        ``weight * min(1, (step + 1) / warmup_steps)``, or ``weight`` without a warm-up. DKD's
+        paper (Zhao et al. 2022) ramps its loss this way over the first 20 of 240 epochs."""
+        if self.warmup_steps <= 0:
+            return self.weight
+        return self.weight * min(1.0, (step + 1) / self.warmup_steps)
 
     @property
     def key(self) -> str:
@@ -115,6 +126,7 @@ class Distiller:
         self.features = features  # a distill.intermediate.FeatureDistillation, or None
         self.teacher = freeze_teacher(teacher) if teacher is not None else None
         self.terms = terms
+        self.step = 0  # optimiser steps taken so far; the training loop sets it (loss warm-ups read it)
         if not terms:
             raise ValueError("Distiller needs at least one loss term")
         needy = [term.name for term in terms if "teacher" in term.needs]
@@ -184,7 +196,7 @@ class Distiller:
         for term in self.terms:
             value = self.task.term_value(term, student_logits, teacher_logits, batch)
             out[term.key] = value.detach()
-            total = total + term.weight * value
+            total = total + term.weight_at(self.step) * value
         extra_terms = []  # (metric name, weight, value) of the feature and self-distillation terms
         if self.features is not None:
             extra_terms += self.features.losses(self.features.module.outputs, teacher_logits, target, inputs)

@@ -212,6 +212,8 @@ class LossSpec(_Strict):
     temperature: float = Field(1.0, gt=0)
     label: Optional[str] = Field(None, description="the term's name in metrics (default: name); the same loss "
                                  "twice needs two labels")
+    warmup_steps: int = Field(0, ge=0, description="ramp the weight linearly from 0 over this many optimiser steps "
+                              "(DKD's paper warms its loss up over the first 20 of 240 epochs)")
 
     @field_validator("name")
     @classmethod

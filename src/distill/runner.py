@@ -574,7 +574,8 @@ def _train_and_report(recipe: Recipe, accelerator: Accelerator, run_dir: Path, t
             student_spec = {**student_spec, "quantize": quant_config_dict(quantize.config())}
     if teacher is not None:
         teacher.to(accelerator.device)
-    terms = [LossTerm(t.name, t.weight, t.temperature, t.params, label=t.label) for t in recipe.losses]
+    terms = [LossTerm(t.name, t.weight, t.temperature, t.params, label=t.label, warmup_steps=t.warmup_steps)
+             for t in recipe.losses]
     test_inputs, test_target = _data_tensors(test_set, data.eval_batch_size) if test_set is not None else (None, None)
     task = build_task(recipe.task)
     classification = isinstance(task, ClassificationTask)

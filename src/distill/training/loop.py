@@ -291,6 +291,8 @@ def train(
         for batch in batches:
             batch = to_device(batch, accelerator.device, non_blocking=True)
             with accelerator.accumulate(student):
+                if hasattr(distiller, "step"):  # loss terms with a warm-up read it
+                    distiller.step = state.step
                 with accelerator.autocast():
                     out = distiller(batch)
                 bad = ~torch.isfinite(out["loss"].detach()).all()
