@@ -12,6 +12,7 @@ Every student is the same CNN (16-32-64 channels), trained on all 50,000 images 
 augmentation (a cache stores one output per image) for the same epochs with AdamW 2e-3, cosine:
 - ``alone``: hard labels (cross-entropy) only;
 - ``kd``: 0.9 x KL(T=4) + 0.1 x CE (Hinton et al. 2015);
+- ``kd_t1``: the same at T=1 (a small student may follow a sharper target better);
 - ``dkd``: CE + DKD (alpha 1, beta 8, T=4; Zhao et al. 2022, mdistiller's CIFAR weights), its weight
   ramped up over the first 1/12 of the steps (the paper's 20 of 240 epochs);
 - ``dist``: CE + 2 x DIST (beta = gamma = 1 inside, T=4; Huang et al. 2022);
@@ -46,6 +47,8 @@ ROWS = {  # key: (label, losses, feature terms, live teacher)
     "alone": ("student alone (hard labels)", [CE], [], False),
     "kd": ("KD: 0.9 KL(T=4) + 0.1 CE", [{"name": "kl", "weight": 0.9, "temperature": 4.0},
                                          {"name": "cross_entropy", "weight": 0.1}], [], False),
+    "kd_t1": ("KD at T=1: 0.9 KL(T=1) + 0.1 CE", [{"name": "kl", "weight": 0.9, "temperature": 1.0},
+                                               {"name": "cross_entropy", "weight": 0.1}], [], False),
     "dkd": ("DKD: CE + DKD(alpha 1, beta 8, T=4), warm-up 1/12", [CE, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0}],
             [], False),
     "dist": ("DIST: CE + 2 DIST(T=4)", [CE, {"name": "dist", "weight": 2.0, "temperature": 4.0}], [], False),
@@ -121,7 +124,10 @@ def main() -> None:
     curve = [json.loads(line)["accuracy"] for line in (teacher_file.parent / "metrics.jsonl").read_text().splitlines()
              if '"split": "test"' in line]
     print(f"teacher: accuracy {teacher_metrics['accuracy']:.4f}", flush=True)
-    cache = {"path": str(args.out / "teacher_cache"), "dtype": "float32"}
+
+    def cache_for(seed: int) -> dict:  # a subset is drawn by the run's seed: one cache per seed then
+        name = "teacher_cache" if args.subset is None else f"teacher_cache-seed{seed}"
+        return {"path": str(args.out / name), "dtype": "float32"}
 
     def tree_for(key: str, seed: int) -> dict:
         label, losses, features, live = ROWS[key]
@@ -132,19 +138,20 @@ def main() -> None:
                 "features": features, "output_dir": str(args.out / "runs" / f"{key}-seed{seed}")}
         tree["train"]["epochs"] = args.student_epochs
         if key != "alone":
-            tree["teacher"] = {"checkpoint": str(teacher_file)} if live else {"checkpoint": str(teacher_file), "cache": cache}
+            tree["teacher"] = {"checkpoint": str(teacher_file)} if live else {"checkpoint": str(teacher_file), "cache": cache_for(seed)}
         return tree
 
     plan = [(key, seed) for key in args.rows for seed in args.seeds]
     cached = [key for key in args.rows if key != "alone" and not ROWS[key][3]]
     cache_seconds = None
-    if cached:  # build the cache once, before runs that read it go side by side
-        first = tree_for(cached[0], args.seeds[0])
+    if cached:  # build the cache(s) once, before runs that read them go side by side
         (args.out / "runs").mkdir(parents=True, exist_ok=True)
-        recipe_file = args.out / "runs" / "cache.yaml"
-        recipe_file.write_text(yaml.safe_dump({**first, "train": {**first["train"], "threads": 2}}, sort_keys=False))
         tic = time.perf_counter()
-        subprocess.check_call([sys.executable, "-m", "distill", "cache", str(recipe_file), "--no-progress"], cwd=ROOT)
+        for seed in args.seeds if args.subset is not None else args.seeds[:1]:
+            first = tree_for(cached[0], seed)
+            recipe_file = args.out / "runs" / f"cache-seed{seed}.yaml"
+            recipe_file.write_text(yaml.safe_dump({**first, "train": {**first["train"], "threads": 2}}, sort_keys=False))
+            subprocess.check_call([sys.executable, "-m", "distill", "cache", str(recipe_file), "--no-progress"], cwd=ROOT)
         cache_seconds = time.perf_counter() - tic
 
     def one(item: tuple[str, int]) -> tuple[str, int, dict]:
@@ -186,11 +193,15 @@ def main() -> None:
         "",
         *rows,
         "",
-        f"Students: CNN 16-32-64, {args.student_epochs} epochs on all 50,000 training images without augmentation, "
+        f"Students: CNN 16-32-64, {args.student_epochs} epochs on "
+        + ("all 50,000 training images" if args.subset is None else f"a fixed subset of {args.subset:,} training images")
+        + " without augmentation, "
         f"batch 128, AdamW 2e-3 (weight decay 5e-4), cosine with 100 warm-up steps, 1 torch thread each, "
         f"{args.jobs} runs side by side, seeds {', '.join(map(str, args.seeds))}. "
-        + (f"Logit rows read the teacher's dense fp32 logits from one teacher-output cache built once "
-           f"({cache_seconds:.0f} s, the teacher's one pass over 50,000 images); " if cache_seconds is not None else "")
+        + (f"Logit rows read the teacher's dense fp32 logits from a teacher-output cache built once "
+           + ("" if args.subset is None else "per seed (each seed draws its own subset) ")
+           + f"({cache_seconds:.0f} s in all, the teacher's pass over the training images); "
+           if cache_seconds is not None else "")
         + "the RKD row runs the teacher live for its features. 'Beats alone': mean above the student alone's by "
         "more than the larger standard deviation.",
     ])
