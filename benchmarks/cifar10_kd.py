@@ -81,7 +81,7 @@ def run(tree: dict, folder: Path, reuse: bool) -> dict:
     recipe_file = folder.parent / f"{folder.name}.yaml"
     recipe_file.write_text(yaml.safe_dump(tree, sort_keys=False))
     done = folder / "eval.json"
-    if reuse and done.is_file() and (folder / "recipe.yaml").read_text() == load_recipe(recipe_file).to_yaml():
+    if reuse and done.is_file() and load_recipe(folder / "recipe.yaml").to_yaml() == load_recipe(recipe_file).to_yaml():
         print(f"  reusing {folder}", flush=True)
         return json.loads(done.read_text())
     log = folder.parent / f"{folder.name}.log"
@@ -194,10 +194,10 @@ def main() -> None:
         *rows,
         "",
         f"Students: CNN 16-32-64, {args.student_epochs} epochs on "
-        + ("all 50,000 training images" if args.subset is None else f"a fixed subset of {args.subset:,} training images")
+        + ("all 50,000 training images" if args.subset is None else f"a subset of {args.subset:,} training images")
         + " without augmentation, "
         f"batch 128, AdamW 2e-3 (weight decay 5e-4), cosine with 100 warm-up steps, 1 torch thread each, "
-        f"{args.jobs} runs side by side, seeds {', '.join(map(str, args.seeds))}. "
+        f"runs side by side: {args.jobs}; seeds {', '.join(map(str, args.seeds))}. "
         + (f"Logit rows read the teacher's dense fp32 logits from a teacher-output cache built once "
            + ("" if args.subset is None else "per seed (each seed draws its own subset) ")
            + f"({cache_seconds:.0f} s in all, the teacher's pass over the training images); "

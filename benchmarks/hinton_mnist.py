@@ -71,8 +71,10 @@ def train_seed(seed: int, args, root: Path) -> dict[str, dict]:
     for role, recipe_file, extra in plan:
         recipe = load_recipe(ROOT / "recipes" / recipe_file, common + extra + [f"output_dir={base / role}"])
         previous = base / role / "eval.json"
-        if args.reuse and previous.is_file() and (base / role / "recipe.yaml").read_text() == recipe.to_yaml():
-            metrics = json.loads(previous.read_text())  # the same resolved recipe already ran to the end
+        if args.reuse and previous.is_file() and load_recipe(base / role / "recipe.yaml").to_yaml() == recipe.to_yaml():
+            # the same resolved recipe already ran to the end (read through load_recipe: fields added since, at
+            # their defaults, do not count as a change)
+            metrics = json.loads(previous.read_text())
             print(f"seed {seed}: {role}: reusing {base / role}", flush=True)
         else:
             print(f"seed {seed}: {role} ({recipe_file})", flush=True)
