@@ -83,7 +83,9 @@ def train_seed(seed: int, args, root: Path) -> dict[str, dict]:
         last = round((1 - metrics["accuracy"]) * 10000)
         best = min(curve) if curve else last
         out[role] = {"last": last, "best": best, "best_epoch": curve.index(best) + 1 if curve else None,
-                     "curve": curve, "seconds": metrics["train_seconds"], "precision": metrics.get("mixed_precision")}
+                     "curve": curve, "precision": metrics.get("mixed_precision"),
+                     # a resumed run's train_seconds counts the resumed part only (its samples_per_s is None)
+                     "seconds": metrics["train_seconds"] if metrics.get("samples_per_s") is not None else float("nan")}
         print(f"  seed {seed} {role}: test errors {last} (best {best}), {metrics['train_seconds']:.0f} s", flush=True)
     return out
 
@@ -123,7 +125,9 @@ def main() -> None:
     roles = [role for role in results[args.seeds[0]] if all(role in results[s] for s in args.seeds)]
     last = {role: [results[s][role]["last"] for s in args.seeds] for role in roles}
     best = {role: [results[s][role]["best"] for s in args.seeds] for role in roles}
-    seconds = {role: [results[s][role]["seconds"] for s in args.seeds] for role in roles}
+    seconds = {role: [results[s][role]["seconds"] for s in args.seeds if results[s][role]["seconds"] == results[s][role]["seconds"]]
+               for role in roles}  # resumed runs (NaN) left out of the times
+    resumed = [f"seed {s} {role}" for s in args.seeds for role in results[s] if results[s][role]["seconds"] != results[s][role]["seconds"]]
     m = {kind: {role: mean_std(values[role])[0] for role in roles} for kind, values in (("last", last), ("best", best))}
     closed = {kind: gap(m[kind]["student"], m[kind]["teacher"], m[kind]["distilled"]) for kind in m}
     per_seed = [gap(last["student"][i], last["teacher"][i], last["distilled"][i]) for i in range(len(args.seeds))]
@@ -137,7 +141,8 @@ def main() -> None:
         extra[kind] = {"seeds": jitter_seeds, "errors": of,
                        "vs_student": gap(of["student"], of["teacher"], of["distilled_jitter"]),
                        "vs_student_jitter": gap(of["student_jitter"], of["teacher"], of["distilled_jitter"])}
-    total_minutes = sum(results[seed][role]["seconds"] for seed in args.seeds for role in results[seed]) / 60
+    total_minutes = sum(results[seed][role]["seconds"] for seed in args.seeds for role in results[seed]
+                        if results[seed][role]["seconds"] == results[seed][role]["seconds"]) / 60
     runs = sum(len(results[seed]) for seed in args.seeds)
     precisions = sorted({str(results[seed][role]["precision"]) for seed in args.seeds for role in results[seed]})
     numbers = {
@@ -166,18 +171,24 @@ def main() -> None:
             table.append(f"| {LABELS[role]} ({only} only) | {fmt_mean_std([v['last'] for v in values])} | "
                          f"{', '.join(str(v['last']) for v in values)} | {fmt_mean_std([v['best'] for v in values])} | "
                          f"- | {fmt_mean_std([v['seconds'] for v in values], '{:.0f}')} |")
+        j = extra["last"]["errors"]
+        versus = (f"and {extra['last']['vs_student_jitter']:.0%} from the student alone on the same jittered inputs "
+                  f"({extra['best']['vs_student_jitter']:.0%} at the best epochs): jitter is part of that gain, which the "
+                  "second number leaves out." if j["student_jitter"] > j["teacher"] else
+                  f"but the student alone on the same jittered inputs ({j['student_jitter']:.0f} errors) already beats "
+                  f"the teacher ({j['teacher']:.0f}): with jitter the teacher, not the student, is the weaker model, "
+                  f"and its soft targets cost the student {j['distilled_jitter'] - j['student_jitter']:.0f} errors.")
         lines.append(
             f"Soft targets on jittered inputs (live teacher; {only}) close {extra['last']['vs_student']:.0%} of the gap "
             f"from the plain student alone to the teacher of the same seed(s) ({extra['best']['vs_student']:.0%} at "
-            f"the best epochs), and {extra['last']['vs_student_jitter']:.0%} from the student alone on the same "
-            f"jittered inputs ({extra['best']['vs_student_jitter']:.0%} at the best epochs): jitter is part of that "
-            "gain, which the second number leaves out.")
+            f"the best epochs), " + versus)
     lines += [
         f"Training: teacher {args.teacher_epochs} epochs, students {args.student_epochs} epochs each, AdamW lr 1e-3 "
         f"(no weight decay), cosine schedule with 500 warm-up steps, batch 128, mixed precision {'/'.join(precisions)}; "
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.threads} torch thread(s) per run, "
         f"{args.jobs} seed(s) side by side; all {runs} runs together: {total_minutes:.0f} "
-        "min of training. The paper trained far longer; its numbers are shown for reference. Distilled student: "
+        "min of training" + (f" (times leave out {', '.join(resumed)}: resumed from a checkpoint, its time counts "
+                             "the resumed part only)" if resumed else "") + ". The paper trained far longer; its numbers are shown for reference. Distilled student: "
         "0.9 x KL at T=20 (T² scaled) + 0.1 x hard-label CE; the paper-protocol row reads the teacher's logits "
         "on the un-jittered training images, precomputed once.",
     ]
